@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
 
 FAST_ENV = "DALLE2_EDU_FAST"
+DATA_ENV = "DALLE2_EDU_DATA"
+
+
+def data_dir() -> Path:
+    """The project's ``data/`` folder (caches, checkpoints), wherever the code is run from.
+
+    ``$DALLE2_EDU_DATA`` if set; else ``data/`` beside the package in a source checkout; else ``~/.cache/dalle2_edu``
+    for an installed copy.
+    """
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    checkout = Path(__file__).resolve().parents[1] / "data"
+    if checkout.is_dir():
+        return checkout
+    return Path.home() / ".cache" / "dalle2_edu"
 
 
 def set_seed(seed: int) -> torch.Generator:

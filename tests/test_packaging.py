@@ -26,9 +26,8 @@ def test_environment_yml_names_the_same_dependencies_as_pyproject():
         else:
             conda_names.add(_name(dep))
     conda_names -= {"python", "pip"}
-    assert conda_names == pip_names, (
-        f"only in environment.yml: {sorted(conda_names - pip_names)}; only in pyproject: {sorted(pip_names - conda_names)}"
-    )
+    only_conda, only_pip = sorted(conda_names - pip_names), sorted(pip_names - conda_names)
+    assert conda_names == pip_names, f"only in environment.yml: {only_conda}; only in pyproject: {only_pip}"
 
 
 def test_ci_runs_the_readme_test_command():

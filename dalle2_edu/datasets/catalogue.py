@@ -32,6 +32,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from dalle2_edu.utils import data_dir
+
 GENERATOR_VERSION = 1
 """Bumped whenever drawing, sampling or captions change, so that stale cache files are never reused."""
 
@@ -531,7 +533,8 @@ class ProductCatalogue(Dataset):
     :param seed: non-negative int; item i is the same for every ``n`` (see the module docstring).
     :param resolution: 32 or 64 (pixels per side); 32 is the 64 drawing averaged over 2x2 blocks.
     :param cache_dir: folder for a ``.npz`` cache, named by :data:`GENERATOR_VERSION`, split, seed, n and
-        resolution; loaded when present, written (atomically) when not. ``None`` disables caching.
+        resolution; loaded when present, written (atomically) when not. ``"default"`` is ``data/cache`` of the
+        project (:func:`dalle2_edu.utils.data_dir`), wherever you run from; ``None`` disables caching.
     :param progress: show a progress bar while drawing.
 
     Attributes: ``images`` uint8 tensor (N, 3, R, R); ``captions`` list of N str; ``labels`` int64 tensor (N, 4)
@@ -544,7 +547,7 @@ class ProductCatalogue(Dataset):
         split: str = "train",
         seed: int = 0,
         resolution: int = 32,
-        cache_dir: str | os.PathLike | None = "data/cache",
+        cache_dir: str | os.PathLike | None = "default",
         progress: bool = True,
     ):
         _check_split_and_resolution(split, resolution)
@@ -554,6 +557,8 @@ class ProductCatalogue(Dataset):
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.n, self.split, self.seed, self.resolution = n, split, seed, resolution
         self.cache_path = None
+        if cache_dir == "default":
+            cache_dir = data_dir() / "cache"
         if cache_dir is not None:
             name = f"catalogue-v{GENERATOR_VERSION}-{split}-s{seed}-n{n}-r{resolution}.npz"
             self.cache_path = Path(cache_dir) / name
