@@ -16,6 +16,7 @@ from dalle2_edu.nets.mlp import MLPDenoiser
 from dalle2_edu.resample import make_sampler
 from dalle2_edu.schedules import get_betas
 from dalle2_edu.train import Trainer
+from dalle2_edu.utils import set_seed
 
 
 @dataclass
@@ -63,6 +64,7 @@ def train_toy2d(cfg: Toy2DConfig | None = None, progress: bool = True, out_dir=N
     :return: ``(trainer, diffusion, data)``; sample from ``trainer.ema_model``.
     """
     cfg = Toy2DConfig(**{**asdict(cfg or Toy2DConfig()), **overrides})
+    set_seed(cfg.seed)  # before the network is built, so its initial weights follow the seed too
     gd = make_diffusion(cfg)
     data = toy_dataset(cfg.dataset, cfg.n_train, seed=cfg.seed)
     model = MLPDenoiser(dim=2, hidden=cfg.hidden, depth=cfg.depth, learned_sigma=gd.learned_variance)
