@@ -38,7 +38,8 @@ def test_device_and_fast_mode(monkeypatch):
 
 def test_cli_demo_writes_a_picture_and_a_report(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--steps", "30", "--hidden", "16", "--depth", "1", "--vlb-points", "50", "--out", str(out)]) == 0
+    args = ["demo", "--steps", "30", "--hidden", "16", "--depth", "1", "--vlb-points", "50", "--out", str(out)]
+    assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["steps"] == 30 and "gap_nats" in report
     png = (out / "denoising.png").read_bytes()
