@@ -1,0 +1,170 @@
+"""UNet throughput on this CPU: ours vs diffusers.UNet2DModel of matched parameter count, 32×32, in one run.
+
+Measures images/s for a training step (forward, backward, AdamW) and for DDIM-50 sampling (50 forward passes), for
+each variant, interleaving the variants round by round so that background load hits all of them alike; reports
+medians and the ratio ours / diffusers. Then the peak resident memory of a training run at the default config.
+
+    python benchmarks/unet_throughput.py --rounds 5 --out docs/benchmarks/unet_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+BATCH, SIZE, DDIM_STEPS = 64, 32, 50
+
+
+def ours(channels_last=False):
+    from dalle2_edu.image_model import default_unet
+    from dalle2_edu.nets.unet import UNet, UNetConfig
+
+    return UNet.from_config(UNetConfig.from_dict({**default_unet(), "learned_sigma": True}))
+
+
+def theirs():
+    from diffusers import UNet2DModel
+
+    # the same widths (32, 64, 64), one ResBlock per level down, attention at 8×8 only: parameter counts within 7%
+    return UNet2DModel(
+        sample_size=SIZE, in_channels=3, out_channels=6, block_out_channels=(32, 64, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=16, attention_head_dim=16,
+    )  # fmt: skip
+
+
+def forward_fn(model, kind):
+    if kind == "diffusers":
+        return lambda x, t: model(x, t).sample
+    return lambda x, t: model(x, t)
+
+
+def make_variant(name):
+    """name -> (model, forward, input transform, autocast dtype or None)."""
+    kind = "diffusers" if name.startswith("diffusers") else "ours"
+    model = theirs() if kind == "diffusers" else ours()
+    fwd = forward_fn(model, kind)
+    fmt = torch.channels_last if "channels_last" in name else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    if "compile" in name:
+        fwd = torch.compile(fwd)
+    amp = torch.bfloat16 if "bf16" in name else None
+    return model, fwd, fmt, amp
+
+
+def time_train(model, fwd, fmt, amp, steps=3):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(BATCH, 3, SIZE, SIZE).to(memory_format=fmt)
+    t = torch.randint(0, 1000, (BATCH,))
+    target = torch.randn(BATCH, 6, SIZE, SIZE)
+    model.train()
+
+    def step():
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            loss = (fwd(x, t).float() - target).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up (and compilation)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return BATCH * steps / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def time_ddim(model, fwd, fmt, amp):
+    """DDIM-50 through the project's sampler, so the sampling arithmetic is the same for every network."""
+    from dalle2_edu.diffusion import GaussianDiffusion
+    from dalle2_edu.schedules import cosine_betas, space_timesteps
+
+    gd = GaussianDiffusion(cosine_betas(1000), var_type="learned_range").respace(space_timesteps(1000, "ddim50"))
+    model.eval()
+
+    def net(x, t):
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            return fwd(x.contiguous(memory_format=fmt), t).float()
+
+    net(torch.randn(BATCH, 3, SIZE, SIZE), torch.zeros(BATCH, dtype=torch.long))  # warm-up
+    start = time.perf_counter()
+    gd.ddim_sample_loop(net, (BATCH, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(0))
+    return BATCH / (time.perf_counter() - start)
+
+
+def peak_training_memory(steps: int = 20) -> dict:
+    """Peak RSS of a fresh process that trains the default image model for ``steps`` steps (batch 64), and of one
+    that only imports and builds it: the difference is what training adds."""
+    code = f"""
+import resource, torch
+torch.set_num_threads(2)
+from dalle2_edu.image_model import AttributeUNet, ImageModelConfig, image_loss_fn
+cfg = ImageModelConfig(); model = AttributeUNet(cfg); gd = cfg.diffusion()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+opt = torch.optim.AdamW(model.parameters(), 1e-4); loss_fn = image_loss_fn(gd, 0.1)
+batch = (torch.randint(0, 256, ({BATCH}, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 3, ({BATCH}, 4)))
+for _ in range({steps}):
+    loss = loss_fn(model, batch)["loss"]; opt.zero_grad(); loss.backward(); opt.step()
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    base_kib, peak_kib = int(out[-2]), int(out[-1])
+    return {"peak_rss_mib": round(peak_kib / 1024, 1), "after_build_rss_mib": round(base_kib / 1024, 1),
+            "training_adds_mib": round((peak_kib - base_kib) / 1024, 1), "batch": BATCH, "steps": steps}  # fmt: skip
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--variants", default="ours,diffusers,ours+channels_last,ours+bf16,diffusers+bf16")
+    parser.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile on CPU)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="docs/benchmarks/unet_throughput.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    names = args.variants.split(",") + (["ours+compile", "diffusers+compile"] if args.compile else [])
+    variants = {n: make_variant(n) for n in names}
+    params = {n: sum(p.numel() for p in v[0].parameters()) for n, v in variants.items()}
+    train = {n: [] for n in names}
+    sample = {n: [] for n in names}
+    for r in range(args.rounds):
+        for n, (model, fwd, fmt, amp) in variants.items():
+            train[n].append(time_train(model, fwd, fmt, amp))
+            sample[n].append(time_ddim(model, fwd, fmt, amp))
+        print(
+            f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {train[n][-1]:.0f}/{sample[n][-1]:.1f}" for n in names)
+        )
+
+    med = lambda xs: statistics.median(xs)
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                    "torch": torch.__version__, "python": platform.python_version()},
+        "batch": BATCH, "image_size": SIZE, "ddim_steps": DDIM_STEPS, "rounds": args.rounds,
+        "parameters": params,
+        "train_images_per_s": {n: round(med(v), 1) for n, v in train.items()},
+        "ddim50_images_per_s": {n: round(med(v), 2) for n, v in sample.items()},
+    }  # fmt: skip
+    best = max((n for n in names if n.startswith("ours")), key=lambda n: med(train[n]))
+    result["ratio_train_ours_over_diffusers"] = round(med(train["ours"]) / med(train["diffusers"]), 3)
+    result["ratio_ddim50_ours_over_diffusers"] = round(med(sample["ours"]) / med(sample["diffusers"]), 3)
+    result["best_ours_variant_train"] = best
+    result["peak_memory"] = peak_training_memory()
+    result["max_rss_this_process_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
