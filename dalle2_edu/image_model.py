@@ -184,9 +184,55 @@ def train_image_model(
 
     trainer = Trainer(
         model, image_loss_fn(gd, config.label_drop), (cat.images, cat.labels), batch_size=batch_size, lr=lr,
-        warmup_steps=200, ema_decay=0.999, seed=seed, out_dir=out_dir, ckpt_every=500 if out_dir else None,
+        warmup_steps=200, ema_decay=0.999, seed=seed, out_dir=out_dir, ckpt_every=250 if out_dir else None,
         sample_every=sample_every, sample_fn=sample_fn if sample_every else None,
         config={"image_model": config.to_dict(), "n_train": n_train}, progress=progress,
     )  # fmt: skip
     trainer.fit(steps, resume=out_dir is not None)
     return trainer, gd
+
+
+def default_image_model_path():
+    from dalle2_edu.utils import data_dir
+
+    return data_dir() / "checkpoints" / "image32_attributes.safetensors"
+
+
+def save_image_model(model: AttributeUNet, path=None, metrics: dict | None = None, half: bool = True):
+    """Ship a trained model: safetensors weights (fp16 by default) with its config in the file's metadata, and a
+    JSON beside it with ``metrics`` (how it was trained and how good it is)."""
+    import json
+
+    from dalle2_edu.checkpoint import save_weights
+
+    path = default_image_model_path() if path is None else path
+    save_weights(path, model.state_dict(), {"image_model": model.config.to_dict()}, half=half)
+    if metrics is not None:
+        from pathlib import Path
+
+        Path(path).with_suffix(".json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+    return path
+
+
+def load_image_model(path=None, device="cpu") -> tuple[AttributeUNet, GaussianDiffusion]:
+    """Load shipped weights (default ``data/checkpoints/image32_attributes.safetensors``) in eval mode.
+
+    :return: ``(model, diffusion)``.
+    """
+    from pathlib import Path
+
+    from dalle2_edu.checkpoint import load_weights
+
+    path = Path(default_image_model_path() if path is None else path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no image model at {path}; train one with dalle2_edu.image_model.train_image_model(...) and save it "
+            "with save_image_model(trainer.ema_model, path)"
+        )
+    state, config = load_weights(path)
+    if not config or "image_model" not in config:
+        raise ValueError(f"{path} holds no image-model config in its metadata; was it written by save_image_model?")
+    cfg = ImageModelConfig(**config["image_model"])
+    model = AttributeUNet(cfg)
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.to(device).eval(), cfg.diffusion()
