@@ -87,9 +87,13 @@ class AttributeUNet(nn.Module):
 
 
 def drop_labels(labels: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Replace each label independently by ``UNSPECIFIED`` with probability p (classifier-free guidance training)."""
-    mask = torch.rand(labels.shape, generator=generator) < p
-    return torch.where(mask.to(labels.device), torch.full_like(labels, UNSPECIFIED), labels)
+    """Classifier-free guidance training: drop the whole label set with probability p (the null condition that
+    guidance extrapolates from), and otherwise each attribute independently with probability p (so partial prompts
+    such as "a red mug" without pattern or background are learned too)."""
+    whole = torch.rand(labels.shape[0], 1, generator=generator) < p
+    each = torch.rand(labels.shape, generator=generator) < p
+    mask = (whole | each).to(labels.device)
+    return torch.where(mask, torch.full_like(labels, UNSPECIFIED), labels)
 
 
 def image_loss_fn(gd: GaussianDiffusion, label_drop: float):
