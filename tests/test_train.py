@@ -137,7 +137,7 @@ def test_ema_follows_the_recursion_computed_by_hand():
         snapshots.append([p.detach().clone() for p in model.parameters()])
         return denoise_loss(model, x)
 
-    trainer = make_trainer(loss_fn=recording_loss, ema_decay=decay, ema_start=ema_start)
+    trainer = make_trainer(loss_fn=recording_loss, ema_decay=decay, ema_start=ema_start, ema_warmup=False)
     trainer.fit(steps)
     snapshots.append([p.detach().clone() for p in trainer.model.parameters()])
 
@@ -152,6 +152,30 @@ def test_ema_follows_the_recursion_computed_by_hand():
     assert not torch.equal(ema[0], snapshots[-1][0])  # the EMA really lags behind the weights
     assert int(trainer.ema_model.calls) == int(trainer.model.calls) == steps  # buffers are copied
     assert not trainer.ema_model.training
+
+
+def test_ema_warmup_forgets_the_initial_weights():
+    """With warm-up the n-th EMA update uses decay min(d, (1+n)/(10+n)): after 100 updates at d = 0.999 the initial
+    weights keep a weight of prod (1 - (1 - decay_n)) — far less than 0.999^100 without warm-up."""
+    snapshots = []
+
+    def recording_loss(model, x):
+        snapshots.append([p.detach().clone() for p in model.parameters()])
+        return denoise_loss(model, x)
+
+    trainer = make_trainer(loss_fn=recording_loss, ema_decay=0.999)
+    assert trainer.ema_decay_at(0) == 0.0 and trainer.ema_decay_at(1) == pytest.approx(2 / 11)
+    assert trainer.ema_decay_at(100_000) == 0.999
+    trainer.fit(12)
+    snapshots.append([p.detach().clone() for p in trainer.model.parameters()])
+    ema = snapshots[0]
+    for step in range(1, 13):
+        d = min(0.999, (1 + step) / (10 + step))
+        ema = [e + (1 - d) * (p - e) for e, p in zip(ema, snapshots[step])]
+    for expected, actual in zip(ema, trainer.ema_model.parameters()):
+        torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
+    keep_init = math.prod(min(0.999, (1 + n) / (10 + n)) for n in range(1, 1501))
+    assert keep_init < 0.01 < 0.999**1500
 
 
 def test_learning_rate_warmup_and_cosine_follow_the_formula():
