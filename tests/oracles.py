@@ -44,11 +44,10 @@ class GaussianOracle:
         eps = (x - ab.sqrt() * self.x0_mean(x, t)) / (1 - ab).sqrt()
         if not self.learned_range:
             return eps
-        b, ab_prev = self._col(self.betas, t, x), self._col(self.abar_prev, t, x)
+        b = self._col(self.betas, t, x)
         # log β̃_t, with β̃_0 = 0 replaced by β̃_1 (the clipping that learned_range interpolates from)
         post_var = self.betas * (1 - self.abar_prev) / (1 - self.abar)
         log_small_table = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
         log_small = self._col(log_small_table, t, x)
         v = 2 * (self.reverse_variance(x, t).log() - log_small) / (b.log() - log_small) - 1
-        del ab_prev
         return torch.cat([eps, v.expand_as(x)], dim=1)
