@@ -5,7 +5,7 @@ guidance), draws N pictures for N label rows of the catalogue's test split and c
 pictures: FID and KID on the attribute classifier's features, beside the floor FID(train, test) at the same N, and
 prompt fidelity (per-attribute accuracy read by the classifier).
 
-    python benchmarks/image_sampling.py --checkpoint runs/image32/checkpoint.pt --n 192
+    python benchmarks/image_sampling.py --checkpoint data/checkpoints/image32_attributes.safetensors --n 192
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from dalle2_edu.checkpoint import load_checkpoint
 from dalle2_edu.datasets.catalogue import ProductCatalogue
 from dalle2_edu.diffusion import GaussianDiffusion
-from dalle2_edu.image_model import AttributeUNet, ImageModelConfig, sample_images
+from dalle2_edu.image_model import AttributeUNet, ImageModelConfig, load_image_model, sample_images
 from dalle2_edu.metrics import fid, fid_floor, kid, load_attribute_classifier, prompt_fidelity
 from dalle2_edu.viz import image_grid
 
@@ -47,6 +47,10 @@ class MeanOnly(torch.nn.Module):
 
 
 def load_model(path) -> tuple[AttributeUNet, ImageModelConfig]:
+    """A shipped ``.safetensors`` (EMA weights, from ``save_image_model``) or a Trainer ``checkpoint.pt`` (its EMA)."""
+    if str(path).endswith(".safetensors"):
+        model, _ = load_image_model(path)
+        return model, model.config
     ckpt = load_checkpoint(path)
     cfg = ImageModelConfig(**ckpt["config"]["image_model"])
     model = AttributeUNet(cfg)
@@ -56,13 +60,14 @@ def load_model(path) -> tuple[AttributeUNet, ImageModelConfig]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", default="runs/image32/checkpoint.pt")
+    parser.add_argument("--checkpoint", default="data/checkpoints/image32_attributes.safetensors")
     parser.add_argument("--n", type=int, default=192, help="pictures per sampler (and real pictures compared)")
     parser.add_argument("--runs", default="all", help="comma-separated run indices, or 'all'")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="docs/benchmarks/image_sampling.json")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     model, cfg = load_model(args.checkpoint)
     classifier = load_attribute_classifier()

@@ -36,9 +36,9 @@ def test_device_and_fast_mode(monkeypatch):
     assert str(data_dir()) == "/tmp/somewhere"
 
 
-def test_cli_demo_writes_a_picture_and_a_report(tmp_path):
+def test_cli_toy2d_writes_a_picture_and_a_report(tmp_path):
     out = tmp_path / "demo"
-    args = ["demo", "--steps", "30", "--hidden", "16", "--depth", "1", "--vlb-points", "50", "--out", str(out)]
+    args = ["toy2d", "--steps", "30", "--hidden", "16", "--depth", "1", "--vlb-points", "50", "--out", str(out)]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["steps"] == 30 and "gap_nats" in report

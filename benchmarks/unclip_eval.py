@@ -1,0 +1,78 @@
+"""Grade the shipped unCLIP pipeline: prompt fidelity on seen and held-out prompts, FID/KID, and the ablations.
+
+Runs (each writes its row into the JSON as soon as it finishes, so an interrupted run keeps what it measured):
+
+- ``main``: the pipeline as ``make demo`` and ``generate`` run it (prior best of 2, decoder guidance 3 with 25 DDIM
+  steps, upsampler 10 DDIM steps to 64×64); 4 pictures for each of the 174 seen and 18 held-out prompts, FID/KID of
+  the seen-prompt pictures against as many real test pictures, beside the floor FID(train, test);
+- ``guidance-S``: decoder guidance sweep, 32×32 (no upsampler), 2 pictures per prompt, FID against real 32×32;
+- ``no-prior``: the CLIP text embedding fed to the decoder directly (DALL·E 2's ablation), same settings as
+  ``guidance-3``;
+- ``steps-N``: decoder DDIM steps, guidance 3.
+
+    python benchmarks/unclip_eval.py --out docs/benchmarks/unclip.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dalle2_edu.evaluate import evaluate_pipeline
+from dalle2_edu.metrics import load_attribute_classifier
+from dalle2_edu.pipeline import UnCLIP
+
+ABLATION = dict(n=2, upsample=False, steps=25, guidance_scale=3.0)
+RUNS = {
+    "main": dict(n=4, upsample=True, steps=25, guidance_scale=3.0),
+    "guidance-1": {**ABLATION, "guidance_scale": 1.0},
+    "guidance-2": {**ABLATION, "guidance_scale": 2.0},
+    "guidance-3": ABLATION,
+    "guidance-5": {**ABLATION, "guidance_scale": 5.0},
+    "no-prior": {**ABLATION, "use_prior": False},
+    "steps-10": {**ABLATION, "steps": 10},
+    "steps-50": {**ABLATION, "steps": 50},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoints", default="data/checkpoints")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="docs/benchmarks/unclip.json")
+    args = parser.parse_args()
+    names = args.runs.split(",")
+    unknown = [r for r in names if r not in RUNS]
+    if unknown:
+        raise SystemExit(f"unknown runs {unknown}; choose among {list(RUNS)}")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report["command"] = "python benchmarks/unclip_eval.py " + " ".join(
+        f"--{k} {v}" for k, v in vars(args).items() if k != "out"
+    )
+    report["machine"] = f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+    pipe = UnCLIP.from_pretrained(args.checkpoints)
+    classifier = load_attribute_classifier()
+    for name in names:
+        settings = dict(RUNS[name])
+        n = settings.pop("n")
+        fid_real = 174 * n  # every seen-prompt picture, against as many real test pictures
+        start = time.perf_counter()
+        with torch.no_grad():
+            row = evaluate_pipeline(pipe, n=n, seed=args.seed, fid_real=fid_real, classifier=classifier, **settings)
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        report.setdefault("runs", {})[name] = row
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        print(name, json.dumps({k: row[k] for k in ("seen", "heldout", "fid", "fid_floor_train_vs_test", "seconds")}))
+
+
+if __name__ == "__main__":
+    main()
