@@ -21,10 +21,10 @@ import torch
 from dalle2_edu.pipeline import CHECKPOINT_FILES
 
 RECIPES = {
-    "full": dict(clip_steps=800, prior_steps=3000, decoder_steps=2000, upsampler_steps=1200, n_train=20000,
-                 decoder_batch=64, eval_n=4),
-    "fast": dict(clip_steps=300, prior_steps=800, decoder_steps=500, upsampler_steps=300, n_train=20000,
-                 decoder_batch=32, eval_n=2),
+    "full": dict(clip_steps=800, prior_steps=2000, decoder_steps=2000, upsampler_steps=800, n_train=20000,
+                 decoder_batch=64, decoder_lr=3e-4, eval_n=4),
+    "fast": dict(clip_steps=300, prior_steps=800, decoder_steps=1200, upsampler_steps=300, n_train=20000,
+                 decoder_batch=32, decoder_lr=1e-3, eval_n=2),
 }  # fmt: skip
 """Training steps per stage for ``pretrain`` and ``pretrain --fast``."""
 
@@ -94,7 +94,8 @@ def pretrain(
         start = time.perf_counter()
         d, w = embeddings["image_emb"].shape[1], embeddings["text_tokens"].shape[2]
         trainer, _ = train_prior(embeddings, PriorConfig(embed_dim=d, token_dim=w), steps=recipe["prior_steps"],
-                                 seed=seed, out_dir=runs / "prior", progress=progress)  # fmt: skip
+                                 batch_size=128, lr=1e-3, seed=seed, out_dir=runs / "prior",
+                                 progress=progress)  # fmt: skip
         save_prior(trainer.ema_model, path["prior"], {"command": metrics["command"]})
         done("prior", time.perf_counter() - start, {"final_loss": trainer.history["loss"][-1]})
 
@@ -112,7 +113,8 @@ def pretrain(
             init, _ = (load_decoder if is_decoder else load_image_model)(init_decoder)
         trainer, _ = train_decoder(
             train.images, embeddings["image_emb"], DecoderConfig(clip_dim=embeddings["image_emb"].shape[1]),
-            steps=recipe["decoder_steps"], batch_size=recipe["decoder_batch"], seed=seed, init_from=init,
+            steps=recipe["decoder_steps"], batch_size=recipe["decoder_batch"], lr=recipe["decoder_lr"], seed=seed,
+            init_from=init,
             out_dir=runs / "decoder", progress=progress,
         )  # fmt: skip
         info = {"command": metrics["command"], "warm_start": str(init_decoder) if init_decoder else None}
