@@ -172,6 +172,44 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     return state_dict, config
 
 
+def save_model(path: str | os.PathLike, model: torch.nn.Module, key: str, metrics: dict | None = None,
+               half: bool = True) -> Path:
+    """Ship a trained model: ``save_weights`` with ``{key: model.config.to_dict()}`` as the file's config, and
+    ``metrics`` (how it was trained, how good it is) as a JSON file beside it. Read back with :func:`load_model`."""
+    path = Path(path)
+    save_weights(path, model.state_dict(), {key: model.config.to_dict()}, half=half)
+    if metrics is not None:
+        path.with_suffix(".json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def load_model(path: str | os.PathLike, key: str, build: Callable[[dict], torch.nn.Module], how_to_make: str,
+               device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a file written by :func:`save_model`: ``build(config[key])`` makes the model, the weights go in as
+    float32, and the model comes back in eval mode on ``device``.
+
+    :param how_to_make: the fix named when the file is missing, e.g. "train one with `python -m dalle2_edu pretrain`".
+    :raises FileNotFoundError: no file at ``path``.
+    :raises ValueError: the file holds no ``key`` config, or weights that do not fit it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {key.replace('_', ' ')} at {path}; {how_to_make}")
+    state, config = load_weights(path)
+    if key not in config:
+        raise ValueError(
+            f"{path} holds no {key} config in its metadata (found {sorted(config)}); was it written by save_{key}?"
+        )
+    model = build(config[key])
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as err:
+        raise ValueError(
+            f"the weights in {path} do not fit the {key} config stored with them (names or shapes do not match): {err}"
+        ) from err
+    return model.to(device).eval()
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # helpers
 

@@ -18,7 +18,6 @@ Embeddings are expected at the diffusion scale of :mod:`dalle2_edu.clip`: L2-nor
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -310,13 +309,9 @@ def default_decoder_path() -> Path:
 
 def save_decoder(model: CLIPDecoder, path=None, metrics: dict | None = None, half: bool = True) -> Path:
     """Safetensors weights (fp16 by default) with the config in the metadata, and ``metrics`` as JSON beside them."""
-    from dalle2_edu.checkpoint import save_weights
+    from dalle2_edu.checkpoint import save_model
 
-    path = Path(default_decoder_path() if path is None else path)
-    save_weights(path, model.state_dict(), {"decoder": model.config.to_dict()}, half=half)
-    if metrics is not None:
-        path.with_suffix(".json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-    return path
+    return save_model(default_decoder_path() if path is None else path, model, "decoder", metrics, half)
 
 
 def load_decoder(path=None, device="cpu") -> tuple[CLIPDecoder, GaussianDiffusion]:
@@ -324,17 +319,9 @@ def load_decoder(path=None, device="cpu") -> tuple[CLIPDecoder, GaussianDiffusio
 
     :return: ``(decoder in eval mode, diffusion)``.
     """
-    from dalle2_edu.checkpoint import load_weights
+    from dalle2_edu.checkpoint import load_model
 
-    path = Path(default_decoder_path() if path is None else path)
-    if not path.exists():
-        raise FileNotFoundError(f"no decoder at {path}; train one with `python -m dalle2_edu pretrain`")
-    state, config = load_weights(path)
-    if "decoder" not in config:
-        raise ValueError(f"{path} holds no decoder config in its metadata; was it written by save_decoder?")
-    model = CLIPDecoder(DecoderConfig(**config["decoder"]))
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()})
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not match the decoder config stored with them ({err})") from err
-    return model.to(device).eval(), model.config.diffusion()
+    model = load_model(default_decoder_path() if path is None else path, "decoder",
+                       lambda cfg: CLIPDecoder(DecoderConfig(**cfg)), "train one with `python -m dalle2_edu pretrain`",
+                       device)  # fmt: skip
+    return model, model.config.diffusion()

@@ -205,17 +205,9 @@ def default_image_model_path():
 def save_image_model(model: AttributeUNet, path=None, metrics: dict | None = None, half: bool = True):
     """Ship a trained model: safetensors weights (fp16 by default) with its config in the file's metadata, and a
     JSON beside it with ``metrics`` (how it was trained and how good it is)."""
-    import json
+    from dalle2_edu.checkpoint import save_model
 
-    from dalle2_edu.checkpoint import save_weights
-
-    path = default_image_model_path() if path is None else path
-    save_weights(path, model.state_dict(), {"image_model": model.config.to_dict()}, half=half)
-    if metrics is not None:
-        from pathlib import Path
-
-        Path(path).with_suffix(".json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-    return path
+    return save_model(default_image_model_path() if path is None else path, model, "image_model", metrics, half)
 
 
 def load_image_model(path=None, device="cpu") -> tuple[AttributeUNet, GaussianDiffusion]:
@@ -223,20 +215,9 @@ def load_image_model(path=None, device="cpu") -> tuple[AttributeUNet, GaussianDi
 
     :return: ``(model, diffusion)``.
     """
-    from pathlib import Path
+    from dalle2_edu.checkpoint import load_model
 
-    from dalle2_edu.checkpoint import load_weights
-
-    path = Path(default_image_model_path() if path is None else path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no image model at {path}; train one with dalle2_edu.image_model.train_image_model(...) and save it "
-            "with save_image_model(trainer.ema_model, path)"
-        )
-    state, config = load_weights(path)
-    if not config or "image_model" not in config:
-        raise ValueError(f"{path} holds no image-model config in its metadata; was it written by save_image_model?")
-    cfg = ImageModelConfig(**config["image_model"])
-    model = AttributeUNet(cfg)
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    return model.to(device).eval(), cfg.diffusion()
+    how = "train one with dalle2_edu.image_model.train_image_model(...) and save it with save_image_model(model, path)"
+    model = load_model(default_image_model_path() if path is None else path, "image_model",
+                       lambda cfg: AttributeUNet(ImageModelConfig(**cfg)), how, device)  # fmt: skip
+    return model, model.config.diffusion()

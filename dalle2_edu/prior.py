@@ -27,7 +27,6 @@ text embedding (:func:`best_of_n`).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -530,14 +529,10 @@ def save_prior(model: DiffusionPrior, path=None, metrics: dict | None = None, ha
     """Ship a trained prior: safetensors weights (fp16 by default: embeddings and weights are O(1), so fp16's three
     decimal digits change sampled embeddings by far less than the prior's own error) with the config in the file's
     metadata, and a JSON beside it holding ``{"config": ..., **metrics}``."""
-    from dalle2_edu.checkpoint import save_weights
+    from dalle2_edu.checkpoint import save_model
 
-    path = Path(default_prior_path() if path is None else path)
-    save_weights(path, model.state_dict(), {"prior": model.config.to_dict()}, half=half)
-    if metrics is not None:
-        payload = {"config": model.config.to_dict(), **metrics}
-        path.with_suffix(".json").write_text(json.dumps(payload, indent=2, ensure_ascii=False))
-    return path
+    payload = None if metrics is None else {"config": model.config.to_dict(), **metrics}
+    return save_model(default_prior_path() if path is None else path, model, "prior", payload, half)
 
 
 def load_prior(path=None, device="cpu") -> tuple[DiffusionPrior, GaussianDiffusion]:
@@ -547,23 +542,13 @@ def load_prior(path=None, device="cpu") -> tuple[DiffusionPrior, GaussianDiffusi
     :raises FileNotFoundError: no file there (with the command that makes one).
     :raises ValueError: the file holds no prior config, or weights that do not fit it.
     """
-    from dalle2_edu.checkpoint import load_weights
+    from dalle2_edu.checkpoint import load_model
 
-    path = Path(default_prior_path() if path is None else path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no diffusion prior at {path}; train one with `python -m dalle2_edu.prior train` (or "
-            "dalle2_edu.prior.train_prior(...) then save_prior(trainer.ema_model, path))"
-        )
-    state, config = load_weights(path)
-    if not config or "prior" not in config:
-        raise ValueError(f"{path} holds no prior config in its metadata; was it written by save_prior?")
-    model = DiffusionPrior(PriorConfig.from_dict(config["prior"]))
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()})
-    except RuntimeError as err:
-        raise ValueError(f"the weights in {path} do not fit the prior config stored with them: {err}") from err
-    return model.to(device).eval(), model.config.diffusion()
+    how = ("train one with `python -m dalle2_edu.prior train` (or dalle2_edu.prior.train_prior(...) then "
+           "save_prior(trainer.ema_model, path))")  # fmt: skip
+    model = load_model(default_prior_path() if path is None else path, "prior",
+                       lambda cfg: DiffusionPrior(PriorConfig.from_dict(cfg)), how, device)  # fmt: skip
+    return model, model.config.diffusion()
 
 
 # ------------------------------------------------------------------------------------------------------ script

@@ -571,17 +571,11 @@ def save_upsampler(model: Upsampler, path=None, metrics: dict | None = None, hal
 
     :return: the weights' path.
     """
-    import json
-
-    from dalle2_edu.checkpoint import save_weights
+    from dalle2_edu.checkpoint import save_model
 
     if not isinstance(model, Upsampler):
         raise TypeError(f"save_upsampler needs an Upsampler, got {type(model).__name__}")
-    path = Path(default_upsampler_path() if path is None else path)
-    save_weights(path, model.state_dict(), {"upsampler": model.config.to_dict()}, half=half)
-    if metrics is not None:
-        path.with_suffix(".json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    return path
+    return save_model(default_upsampler_path() if path is None else path, model, "upsampler", metrics, half)
 
 
 def load_upsampler(path=None, device="cpu") -> tuple[Upsampler, GaussianDiffusion]:
@@ -591,26 +585,13 @@ def load_upsampler(path=None, device="cpu") -> tuple[Upsampler, GaussianDiffusio
     :raises FileNotFoundError: no file there.
     :raises ValueError: the file is not an upsampler's, or its weights do not fit its config.
     """
-    from dalle2_edu.checkpoint import load_weights
+    from dalle2_edu.checkpoint import load_model
 
-    path = Path(default_upsampler_path() if path is None else path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no upsampler at {path}; train one with `{TRAIN_COMMAND}` (or dalle2_edu.upsampler.train_upsampler) and "
-            "save it with save_upsampler(trainer.ema_model, path)"
-        )
-    state, config = load_weights(path)
-    if not config or "upsampler" not in config:
-        raise ValueError(
-            f"{path} holds no upsampler config in its metadata (found keys {sorted(config)}); "
-            "was it written by save_upsampler?"
-        )
-    model = Upsampler(UpsamplerConfig(**config["upsampler"]))
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()})
-    except RuntimeError as err:
-        raise ValueError(f"the weights in {path} do not fit the upsampler config stored with them: {err}") from err
-    return model.to(device).eval(), model.config.diffusion()
+    how = (f"train one with `{TRAIN_COMMAND}` (or dalle2_edu.upsampler.train_upsampler) and save it with "
+           "save_upsampler(trainer.ema_model, path)")  # fmt: skip
+    model = load_model(default_upsampler_path() if path is None else path, "upsampler",
+                       lambda cfg: Upsampler(UpsamplerConfig(**cfg)), how, device)  # fmt: skip
+    return model, model.config.diffusion()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
