@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dalle2_edu.diffusion import GaussianDiffusion
+from dalle2_edu.diffusion import GaussianDiffusion, diffusion_from_config
 from dalle2_edu.guidance import GuidedModel
 from dalle2_edu.image_model import default_unet
 from dalle2_edu.nets.unet import UNet, UNetConfig
-from dalle2_edu.schedules import get_betas, space_timesteps
+from dalle2_edu.schedules import space_timesteps
 
 
 @dataclass
@@ -69,13 +69,7 @@ class DecoderConfig:
                 raise ValueError(f"DecoderConfig.{name} must lie in [0, 1), got {getattr(self, name)}")
 
     def diffusion(self) -> GaussianDiffusion:
-        return GaussianDiffusion(
-            get_betas(self.schedule, self.num_timesteps),
-            mean_type=self.mean_type,
-            var_type=self.var_type,
-            loss_type=self.loss_type,
-            data_type="image",
-        )
+        return diffusion_from_config(self, "image")
 
     def unet_config(self) -> UNetConfig:
         return UNetConfig.from_dict(

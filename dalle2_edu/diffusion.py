@@ -25,7 +25,7 @@ from dalle2_edu.losses import (
     mean_flat,
     normal_kl,
 )
-from dalle2_edu.schedules import respaced_betas
+from dalle2_edu.schedules import get_betas, respaced_betas
 
 MEAN_TYPES = ("eps", "x0", "v")
 VAR_TYPES = ("fixed_small", "fixed_large", "learned_range")
@@ -611,3 +611,18 @@ class GaussianDiffusion:
             hybrid_lambda=self.hybrid_lambda,
             timestep_map=self.timestep_map[steps],
         )
+
+
+def diffusion_from_config(config, data_type: str) -> GaussianDiffusion:
+    """The process a model's config describes, from its ``schedule``, ``num_timesteps``, ``mean_type``, ``var_type``
+    and ``loss_type`` fields (every model config in the project has them).
+
+    :param data_type: ``"image"`` (clip x0 to [-1, 1], discretized decoder) or ``"continuous"`` (vectors, 2D points).
+    """
+    return GaussianDiffusion(
+        get_betas(config.schedule, config.num_timesteps),
+        mean_type=config.mean_type,
+        var_type=config.var_type,
+        loss_type=config.loss_type,
+        data_type=data_type,
+    )

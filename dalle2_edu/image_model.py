@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from dalle2_edu.diffusion import GaussianDiffusion
+from dalle2_edu.diffusion import GaussianDiffusion, diffusion_from_config
 from dalle2_edu.guidance import GuidedModel
 from dalle2_edu.nets.unet import UNet, UNetConfig
-from dalle2_edu.schedules import get_betas, space_timesteps
+from dalle2_edu.schedules import space_timesteps
 
 NUM_VALUES = (8, 8, 3, 3)  # categories, colours, patterns, backgrounds
 UNSPECIFIED = -1  # a label value meaning "not asked for"
@@ -41,13 +41,7 @@ class ImageModelConfig:
     label_drop: float = 0.1
 
     def diffusion(self) -> GaussianDiffusion:
-        return GaussianDiffusion(
-            get_betas(self.schedule, self.num_timesteps),
-            mean_type=self.mean_type,
-            var_type=self.var_type,
-            loss_type=self.loss_type,
-            data_type="image",
-        )
+        return diffusion_from_config(self, "image")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle2_edu.diffusion import GaussianDiffusion
+from dalle2_edu.diffusion import GaussianDiffusion, diffusion_from_config
 from dalle2_edu.guidance import GuidedModel
 from dalle2_edu.nets.prior_transformer import PriorTransformer, PriorTransformerConfig
-from dalle2_edu.schedules import get_betas, space_timesteps
+from dalle2_edu.schedules import space_timesteps
 
 EMBEDDING_KEYS = ("image_emb", "text_emb", "text_tokens", "text_mask")
 
@@ -94,13 +94,7 @@ class PriorConfig:
 
     def diffusion(self) -> GaussianDiffusion:
         """The GaussianDiffusion over embeddings (``data_type="continuous"``: no pixel clipping, Gaussian decoder)."""
-        return GaussianDiffusion(
-            get_betas(self.schedule, self.num_timesteps),
-            mean_type=self.mean_type,
-            var_type=self.var_type,
-            loss_type=self.loss_type,
-            data_type="continuous",
-        )
+        return diffusion_from_config(self, "continuous")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -11,10 +11,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from dalle2_edu.datasets.toys import GaussianMixture2D, toy_dataset
-from dalle2_edu.diffusion import GaussianDiffusion
+from dalle2_edu.diffusion import GaussianDiffusion, diffusion_from_config
 from dalle2_edu.nets.mlp import MLPDenoiser
 from dalle2_edu.resample import make_sampler
-from dalle2_edu.schedules import get_betas
 from dalle2_edu.train import Trainer
 from dalle2_edu.utils import set_seed
 
@@ -47,13 +46,7 @@ class Toy2DConfig:
 
 
 def make_diffusion(cfg: Toy2DConfig) -> GaussianDiffusion:
-    return GaussianDiffusion(
-        get_betas(cfg.schedule, cfg.num_timesteps),
-        mean_type=cfg.mean_type,
-        var_type=cfg.var_type,
-        loss_type=cfg.loss_type,
-        data_type="continuous",
-    )
+    return diffusion_from_config(cfg, "continuous")
 
 
 def train_toy2d(cfg: Toy2DConfig | None = None, progress: bool = True, out_dir=None, **overrides):

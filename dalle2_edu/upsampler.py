@@ -48,9 +48,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle2_edu.diffusion import GaussianDiffusion
+from dalle2_edu.diffusion import GaussianDiffusion, diffusion_from_config
 from dalle2_edu.nets.unet import UNet, UNetConfig
-from dalle2_edu.schedules import get_betas, space_timesteps
+from dalle2_edu.schedules import space_timesteps
 
 TRAIN_COMMAND = "OMP_NUM_THREADS=1 nice -n 10 python -m dalle2_edu.upsampler"
 """The shell command that trains, evaluates and saves the shipped upsampler (run from the repository root)."""
@@ -134,13 +134,7 @@ class UpsamplerConfig:
         return self.image_size // 2
 
     def diffusion(self) -> GaussianDiffusion:
-        return GaussianDiffusion(
-            get_betas(self.schedule, self.num_timesteps),
-            mean_type=self.mean_type,
-            var_type=self.var_type,
-            loss_type=self.loss_type,
-            data_type="image",
-        )
+        return diffusion_from_config(self, "image")
 
     def to_dict(self) -> dict:
         d = asdict(self)
