@@ -42,6 +42,10 @@ class MeanOnly(torch.nn.Module):
         super().__init__()
         self.model = model
 
+    @property
+    def unet(self):  # sample_images reads the picture size from model.unet.config
+        return self.model.unet
+
     def forward(self, x, t, labels):
         return self.model(x, t, labels)[:, : x.shape[1]]
 
