@@ -99,3 +99,164 @@ def evaluate_pipeline(
         report["fid_floor_train_vs_test"] = round(fid_floor(m, classifier=classifier, resolution=size), 2)
         report["fid_n"] = m
     return report
+
+
+# ------------------------------------------------------------------------------------------------ edits
+def edit_sources(n: int, seed: int = 0, size: int = 64) -> dict:
+    """``n`` freshly drawn catalogue products to edit (seen (category, colour) pairs only), with what they show.
+
+    :return: ``{"images": uint8 (n, 3, size, size), "alpha": float (n, size, size) product coverage,
+        "attributes": [dict(category, colour, pattern, background)] * n, "seed": seed}``.
+    """
+    from dalle2_edu.datasets.catalogue import render_product
+
+    rng = np.random.default_rng([seed, 13])
+    held = set(HELD_OUT_PAIRS)
+    images, alphas, attrs = [], [], []
+    while len(images) < n:
+        a = dict(category=_choice(rng, CATEGORIES), colour=_choice(rng, COLOUR_NAMES),
+                 pattern=_choice(rng, PATTERNS), background=_choice(rng, BACKGROUNDS))  # fmt: skip
+        if (a["category"], a["colour"]) in held:
+            continue
+        image, alpha = render_product(**a, rng=rng, size=size, return_alpha=True)
+        images.append(image)
+        alphas.append(alpha)
+        attrs.append(a)
+    return {
+        "images": torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+        "alpha": torch.from_numpy(np.stack(alphas)),
+        "attributes": attrs,
+        "seed": seed,
+    }
+
+
+def _choice(rng: np.random.Generator, options: tuple[str, ...]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def other_colour(colour: str, rng: np.random.Generator, category: str | None = None) -> str:
+    """A colour other than ``colour`` (and, given ``category``, not a held-out pair with it)."""
+    held = set(HELD_OUT_PAIRS)
+    options = [c for c in COLOUR_NAMES if c != colour and (category, c) not in held]
+    return options[int(rng.integers(len(options)))]
+
+
+def caption_pair(attrs: dict, changes: dict, seed: int) -> tuple[str, str]:
+    """Two captions worded alike (same template and synonyms) for ``attrs`` and for ``attrs`` with ``changes``."""
+    before = make_caption(attrs, np.random.default_rng(seed))
+    after = make_caption({**attrs, **changes}, np.random.default_rng(seed))
+    return before, after
+
+
+def product_mask(alpha: torch.Tensor, grow: int = 2) -> torch.Tensor:
+    """(N, H, W) product coverage → (N, H, W) 0/1 mask of the product grown by ``grow`` pixels (max pooling)."""
+    m = (alpha > 0.1).float()[:, None]
+    return torch.nn.functional.max_pool2d(m, 2 * grow + 1, stride=1, padding=grow)[:, 0] if grow else m[:, 0]
+
+
+def _share(images: torch.Tensor, wanted: list[dict], classifier) -> dict:
+    """Fraction of pictures showing every wanted attribute, and each attribute on its own."""
+    from dalle2_edu.metrics import ATTRIBUTES
+
+    columns = list(ATTRIBUTES)
+    predicted = torch.cat([classifier.predict(images[i : i + 500]) for i in range(0, len(images), 500)])
+    got = [{k: ATTRIBUTES[k][int(row[columns.index(k)])] for k in columns} for row in predicted]
+    per = {k: float(np.mean([g[k] == w[k] for g, w in zip(got, wanted)])) for k in wanted[0]}
+    both = float(np.mean([all(g[k] == w[k] for k in w) for g, w in zip(got, wanted)]))
+    return {"all": round(both, 4), **{k: round(v, 4) for k, v in per.items()}, "n": len(images)}
+
+
+def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Root-mean-square pixel distance per picture, on the [-1, 1] scale."""
+    return (a.float() - b.float()).pow(2).flatten(1).mean(1).sqrt()
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+
+
+def evaluate_variations(pipe, sources: dict, n: int = 4, classifier=None, progress: bool = True, **kwargs) -> dict:
+    """Do variations keep the source's category and colour, and differ from each other?
+
+    :return: shares of variations whose category / colour / pattern match the source's, the mean RMS pixel distance
+        (64×64, [-1, 1] scale) between two variations of one source and between a variation and its source.
+    """
+    from tqdm.auto import tqdm
+
+    from dalle2_edu.metrics import load_attribute_classifier
+
+    classifier = classifier or load_attribute_classifier()
+    images, attrs = to_float(sources["images"]), sources["attributes"]
+    outs = []
+    for i in tqdm(range(len(images)), desc="variations", disable=not progress):
+        outs.append(pipe.variations(images[i : i + 1], n=n, seed=i, **kwargs).tensors)
+    out = torch.cat(outs)
+    wanted = [{k: a[k] for k in ("category", "colour", "pattern")} for a in attrs for _ in range(n)]
+    report = _share(out, wanted, classifier)
+    grouped = out.reshape(len(images), n, *out.shape[1:])
+    pair = [_rms(grouped[:, j], grouped[:, k]).mean() for j in range(n) for k in range(j + 1, n)]
+    src = fit_to(images, out.shape[-1])
+    report["rms_between_variations"] = round(float(torch.stack(pair).mean()), 4) if pair else None
+    report["rms_to_source"] = round(float(_rms(grouped, src[:, None].expand_as(grouped)).mean()), 4)
+    return report
+
+
+def fit_to(images: torch.Tensor, size: int) -> torch.Tensor:
+    from dalle2_edu.edits import fit_size
+
+    return fit_size(images, size)
+
+
+def evaluate_text_diff(pipe, sources: dict, amounts=(0.25, 0.5, 0.75), classifier=None, progress=True, **kw) -> dict:
+    """Recolour every source with ``text_diff`` from its caption to the same caption in another colour.
+
+    :return: per θ, the share of edits showing the new colour with the category unchanged (``all``), and each.
+    """
+    from tqdm.auto import tqdm
+
+    from dalle2_edu.metrics import load_attribute_classifier
+
+    classifier = classifier or load_attribute_classifier()
+    rng = np.random.default_rng([sources["seed"], 7])
+    images, attrs = to_float(sources["images"]), sources["attributes"]
+    outs, wanted = [], []
+    for i in tqdm(range(len(images)), desc="text diffs", disable=not progress):
+        new = other_colour(attrs[i]["colour"], rng, attrs[i]["category"])
+        before, after = caption_pair(attrs[i], {"colour": new}, seed=i)
+        outs.append(pipe.text_diff(images[i : i + 1], before, after, amount=list(amounts), seed=i, **kw).tensors)
+        wanted.append({"category": attrs[i]["category"], "colour": new})
+    out = torch.cat(outs).reshape(len(images), len(amounts), 3, *outs[0].shape[-2:])
+    return {f"theta_{a:g}": _share(out[:, j], wanted, classifier) for j, a in enumerate(amounts)}
+
+
+def evaluate_inpaint(pipe, sources: dict, n: int = 2, classifier=None, progress=True, **kw) -> dict:
+    """Recolour every source's product by inpainting: mask = the product grown by 2 px, prompt = the source's caption
+    with another colour.
+
+    :return: the share of repaintings showing the new colour with the category unchanged (``all``) and each;
+        ``max_change_outside_mask`` (the largest change of a kept pixel, [-1, 1] scale) and the RMS change inside.
+    """
+    from tqdm.auto import tqdm
+
+    from dalle2_edu.metrics import load_attribute_classifier
+
+    classifier = classifier or load_attribute_classifier()
+    rng = np.random.default_rng([sources["seed"], 11])
+    images, attrs = to_float(sources["images"]), sources["attributes"]
+    masks = product_mask(sources["alpha"])
+    outs, wanted, worst, inside = [], [], 0.0, []
+    for i in tqdm(range(len(images)), desc="inpainting", disable=not progress):
+        new = other_colour(attrs[i]["colour"], rng, attrs[i]["category"])
+        _, prompt = caption_pair(attrs[i], {"colour": new}, seed=i)
+        out = pipe.inpaint(images[i], masks[i], prompt, n=n, seed=i, **kw).tensors
+        keep = 1 - fit_to(masks[i][None, None], out.shape[-1])
+        src = fit_to(images[i : i + 1], out.shape[-1])
+        worst = max(worst, float(((out - src).abs() * keep).max()))
+        inside.append(float((((out - src) ** 2) * (1 - keep)).sum() / ((1 - keep).sum() * 3 * n)) ** 0.5)
+        outs.append(out)
+        wanted += [{"category": attrs[i]["category"], "colour": new}] * n
+    report = _share(torch.cat(outs), wanted, classifier)
+    report["max_change_outside_mask"] = round(worst, 6)
+    report["rms_change_inside_mask"] = round(float(np.mean(inside)), 4)
+    report["mask_fraction"] = round(float(masks.mean()), 4)
+    return report

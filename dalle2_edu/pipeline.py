@@ -257,6 +257,256 @@ class UnCLIP:
         expanded = [p for p in prompts for _ in range(n)]
         return Generation(images.cpu(), expanded, image_emb.cpu(), low_res.cpu(), times)
 
+    # ------------------------------------------------------------------------------------------------ edits
+    @property
+    def image_size(self) -> int:
+        """Side of the decoder's pictures (32 for the shipped one); edits work at this size, then upsample."""
+        return self.decoder[0].unet.config.image_size
+
+    def _prepare(self, image, name: str = "image") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A user's picture(s) → (pictures at their own size (B, 3, H, H), at the decoder's size (B, 3, s, s), their
+        CLIP image embeddings (B, d)), on the pipeline's device. See :func:`dalle2_edu.edits.images_to_tensor` for
+        the formats taken."""
+        import warnings
+
+        from dalle2_edu.edits import fit_size, images_to_tensor
+
+        x = images_to_tensor(image, name).to(self.device)
+        low = fit_size(x, self.image_size, name)  # warns once when the size needs a resize
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            z = self.clip.encode_image(fit_size(x, self.clip.config.image_size, name)).to(self.device)
+        return x, low, z
+
+    @torch.no_grad()
+    def encode_image(self, image) -> torch.Tensor:
+        """CLIP image embeddings (B, d) of a user's picture(s), at the diffusion scale (norm √d)."""
+        return self._prepare(image)[2]
+
+    @torch.no_grad()
+    def invert(self, low_res: torch.Tensor, image_emb: torch.Tensor, steps: int = 25, progress: bool = False):
+        """DDIM inversion: the starting noise x_T from which the decoder, conditioned on ``image_emb`` and run
+        deterministically (η = 0), draws (approximately) ``low_res`` again.
+
+        Inverted with the plain conditional model (guidance scale 1): measured on 16 test pictures with the shipped
+        decoder, decoding that noise at guidance 3 reconstructs them with MSE 0.14 (0.21 when inverting at scale 3;
+        0.48 from fresh noise).
+        """
+        from dalle2_edu.decoder import guided_decoder, respaced
+
+        decoder, gd = self.decoder
+        net = guided_decoder(decoder, image_emb.to(self.device), 1.0)
+        return respaced(gd, min(steps, gd.num_timesteps)).ddim_invert(net, low_res.to(self.device), progress=progress)
+
+    def _finish(self, low_res, labels, image_emb, upsample, upsample_steps, seed, progress, times) -> Generation:
+        import time
+
+        start = time.perf_counter()
+        images = self.upsample(low_res, upsample_steps, seed=seed, progress=progress) if upsample else low_res
+        times["upsampler_s"] = time.perf_counter() - start
+        return Generation(images.cpu(), labels, image_emb.cpu(), low_res.cpu(), times)
+
+    @torch.no_grad()
+    def variations(
+        self,
+        image,
+        n: int = 4,
+        eta: float = 0.8,
+        guidance_scale: float = 3.0,
+        steps: int = 25,
+        invert: bool = True,
+        seed: int = 0,
+        upsample: bool = True,
+        upsample_steps: int = 10,
+        progress: bool = False,
+    ) -> Generation:
+        """``n`` variations of each picture: the same CLIP image embedding decoded again (DALL·E 2 §3.1).
+
+        The picture is encoded by CLIP; the decoder starts from the picture's DDIM-inverted noise (``invert``) and
+        samples with η = ``eta`` > 0, so the variations keep what CLIP saw (category, colour) while the details
+        differ. η = 0 with inversion gives back (approximately) the picture itself.
+
+        :param image: PIL image(s), uint8 array, or tensor (B, 3, H, H) in [-1, 1] (e.g. ``generate(...).tensors``).
+        :return: a :class:`Generation` with ``n`` pictures per input picture, input-major; ``prompts`` holds labels.
+        """
+        import time
+
+        _check_positive_int("n", n)
+        _check_positive_int("steps", steps)
+        if not isinstance(eta, int | float) or eta < 0:
+            raise ValueError(f"eta must be a number >= 0 (0: deterministic, 1: as noisy as DDPM), got {eta!r}")
+        start = time.perf_counter()
+        _, low, z = self._prepare(image)
+        noise = self.invert(low, z, steps, progress) if invert else None
+        z_n = z.repeat_interleave(n, dim=0)
+        noise = noise.repeat_interleave(n, dim=0) if noise is not None else None
+        out = self.decode(z_n, guidance_scale, steps, eta=eta, noise=noise, seed=seed, progress=progress)
+        labels = [f"variation {j + 1} of picture {i + 1}" for i in range(low.shape[0]) for j in range(n)]
+        times = {"decoder_s": time.perf_counter() - start}
+        return self._finish(out, labels, z_n, upsample, upsample_steps, seed + 2, progress, times)
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        image_a,
+        image_b,
+        steps: int = 5,
+        guidance_scale: float = 3.0,
+        decoder_steps: int = 25,
+        seed: int = 0,
+        upsample: bool = True,
+        upsample_steps: int = 10,
+        progress: bool = False,
+    ) -> Generation:
+        """``steps`` pictures going from ``image_a`` to ``image_b`` (DALL·E 2 §3.2).
+
+        Both the CLIP image embeddings and the DDIM-inverted noises are interpolated spherically
+        (:func:`~dalle2_edu.edits.slerp`) at fractions 0, 1/(steps-1), …, 1, and decoded with η = 0, so the two
+        ends come out close to the two pictures and the path between them is smooth.
+
+        :param image_a, image_b: one picture each (see :meth:`variations` for the formats).
+        """
+        import time
+
+        from dalle2_edu.edits import slerp
+
+        _check_positive_int("steps", steps)
+        _check_positive_int("decoder_steps", decoder_steps)
+        if steps < 2:
+            raise ValueError(f"steps must be >= 2 (the two ends), got {steps}")
+        start = time.perf_counter()
+        lows, zs = [], []
+        for name, image in (("image_a", image_a), ("image_b", image_b)):
+            _, low, z = self._prepare(image, name)
+            if low.shape[0] != 1:
+                raise ValueError(f"{name} must be one picture, got a batch of {low.shape[0]}")
+            lows.append(low)
+            zs.append(z)
+        low, z = torch.cat(lows), torch.cat(zs)
+        noise = self.invert(low, z, decoder_steps, progress)
+        frac = torch.linspace(0, 1, steps, device=self.device)
+        pair = lambda v: (v[:1].expand(steps, *v.shape[1:]), v[1:].expand(steps, *v.shape[1:]))  # noqa: E731
+        z_path = slerp(*pair(torch.nn.functional.normalize(z, dim=-1)), frac) * z.shape[1] ** 0.5
+        noise_path = slerp(*pair(noise), frac)
+        out = self.decode(z_path, guidance_scale, decoder_steps, eta=0.0, noise=noise_path, seed=seed)
+        labels = [f"{f:.2f} of the way from a to b" for f in frac.tolist()]
+        times = {"decoder_s": time.perf_counter() - start}
+        return self._finish(out, labels, z_path, upsample, upsample_steps, seed + 2, progress, times)
+
+    @torch.no_grad()
+    def text_diff(
+        self,
+        image,
+        from_text: str,
+        to_text: str,
+        amount: float | Sequence[float] = 0.5,
+        guidance_scale: float = 3.0,
+        steps: int = 25,
+        seed: int = 0,
+        upsample: bool = True,
+        upsample_steps: int = 10,
+        progress: bool = False,
+    ) -> Generation:
+        """Edit a picture by a change of words (DALL·E 2 §3.3): "a red mug" → "a blue mug" recolours the mug.
+
+        With unit vectors z_i (the picture), d = normalise(z_t(to_text) - z_t(from_text)), the edited embedding is
+        z_θ = slerp(z_i, d, θ) for θ = ``amount`` (0: unchanged; DALL·E 2 uses 0 … 0.5). It is decoded from the
+        picture's DDIM-inverted noise with η = 0, so what the words do not mention stays as it was.
+
+        :param image: one picture or a batch (see :meth:`variations`); every picture gets the same edit.
+        :param amount: θ, or a list of θ for a row of increasingly strong edits (picture-major output).
+        :raises ValueError: an empty text, a word CLIP does not know, θ outside [0, 1].
+        """
+        import time
+
+        from dalle2_edu.edits import slerp
+
+        from_text, to_text = _check_prompts(from_text)[0], _check_prompts(to_text)[0]
+        amounts = [amount] if isinstance(amount, int | float) else list(amount)
+        if not amounts or not all(isinstance(a, int | float) and 0 <= a <= 1 for a in amounts):
+            raise ValueError(f"amount must be a number in [0, 1] (or a list of them), got {amount!r}")
+        _check_positive_int("steps", steps)
+        start = time.perf_counter()
+        _, low, z = self._prepare(image)
+        text = self.clip.encode_text([from_text, to_text]).to(self.device)
+        d = torch.nn.functional.normalize(text[1] - text[0], dim=-1)
+        noise = self.invert(low, z, steps, progress)
+        k, B = len(amounts), low.shape[0]
+        z_unit = torch.nn.functional.normalize(z, dim=-1).repeat_interleave(k, dim=0)
+        theta = torch.tensor(amounts, device=self.device).repeat(B)
+        z_edit = slerp(z_unit, d.expand_as(z_unit), theta) * z.shape[1] ** 0.5
+        out = self.decode(z_edit, guidance_scale, steps, eta=0.0, noise=noise.repeat_interleave(k, dim=0), seed=seed)
+        labels = [f"{from_text} → {to_text}, θ = {a:g}" for _ in range(B) for a in amounts]
+        times = {"decoder_s": time.perf_counter() - start}
+        return self._finish(out, labels, z_edit, upsample, upsample_steps, seed + 2, progress, times)
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        image,
+        mask,
+        prompt: str,
+        n: int = 4,
+        guidance_scale: float = 3.0,
+        steps: int = 25,
+        resample: int = 4,
+        use_prior: bool = True,
+        prior_steps: int = 64,
+        seed: int = 0,
+        upsample: bool = True,
+        upsample_steps: int = 10,
+        progress: bool = False,
+    ) -> Generation:
+        """Repaint the masked region of one picture so that the whole shows ``prompt`` (RePaint-style resampling,
+        :func:`~dalle2_edu.edits.repaint`; no mask-conditioned training is needed).
+
+        The prompt goes through the prior (or straight from CLIP's text tower with ``use_prior=False``) to an image
+        embedding that conditions the decoder; the mask, taken at the picture's own size, is carried to the decoder's
+        32×32 by max pooling (a low-resolution pixel is repainted when any of its block is). After upsampling, every
+        pixel outside the mask is copied back from the picture, so those pixels are preserved exactly.
+
+        :param image: one picture (see :meth:`variations` for the formats).
+        :param mask: the picture's size; 1 (or white) = repaint, 0 = keep (:func:`~dalle2_edu.edits.mask_to_tensor`).
+        :param prompt: what the finished picture should show, in the catalogue's words.
+        :param resample: RePaint's U: each step is run U times (1 = plain replacement; seams show).
+        :return: ``n`` repaintings.
+        """
+        import time
+
+        from dalle2_edu.decoder import guided_decoder, respaced
+        from dalle2_edu.edits import fit_size, mask_to_size, mask_to_tensor, repaint
+
+        prompts = _check_prompts(prompt)
+        if len(prompts) != 1:
+            raise ValueError(f"inpaint takes one prompt, got {len(prompts)}")
+        _check_positive_int("n", n)
+        _check_positive_int("steps", steps)
+        start = time.perf_counter()
+        full, low, _ = self._prepare(image)
+        if full.shape[0] != 1:
+            raise ValueError(f"inpaint takes one picture, got a batch of {full.shape[0]}; call it once per picture")
+        m_full = mask_to_tensor(mask, 1, full.shape[-1]).to(self.device)
+        m_low = mask_to_size(m_full, self.image_size)
+        z = self.image_embeddings_from_text(prompts, n, use_prior=use_prior, prior_steps=prior_steps, seed=seed)
+        decoder, gd = self.decoder
+        net = guided_decoder(decoder, z, guidance_scale)
+        was_training = decoder.training
+        decoder.eval()
+        try:
+            out = repaint(
+                respaced(gd, min(steps, gd.num_timesteps)), net, low.expand(n, -1, -1, -1), m_low.expand(n, -1, -1, -1),
+                resample=resample, generator=torch.Generator().manual_seed(seed + 1), progress=progress,
+            ).clamp(-1, 1)  # fmt: skip
+        finally:
+            decoder.train(was_training)
+        times = {"decoder_s": time.perf_counter() - start}
+        result = self._finish(out, [prompts[0]] * n, z, upsample, upsample_steps, seed + 2, progress, times)
+        size = result.tensors.shape[-1]
+        keep_image = fit_size(full, size, "image").cpu()
+        keep_mask = mask_to_size(m_full, size).cpu() if size != full.shape[-1] else m_full.cpu()
+        result.tensors = keep_mask * result.tensors + (1 - keep_mask) * keep_image
+        return result
+
 
 def prompt_attributes(prompts: Sequence[str]) -> list[dict]:
     """What each prompt asks for, as attribute names (``parse_caption``; attributes it does not mention are absent)."""

@@ -1,0 +1,351 @@
+"""Interactive views for the notebooks (ipywidgets): a denoising explorer and a prompt playground.
+
+- :class:`DenoisingExplorer` runs a sampler ONCE, keeps every step, and lets a slider (with a play button) scrub
+  through them: x_t on the left, the model's guess x̂_0 from that x_t on the right. It works for 2D point clouds
+  (:meth:`~DenoisingExplorer.for_points`) and pictures (:meth:`~DenoisingExplorer.for_images`,
+  :meth:`~DenoisingExplorer.for_prompt`). Moving the slider only swaps a stored PNG: nothing is recomputed.
+- :class:`PromptPlayground` wraps :class:`~dalle2_edu.pipeline.UnCLIP`: a prompt box, guidance and steps sliders, a
+  seed, a Generate button with a progress bar, and buttons for "variations of this one" and "recolour".
+
+Both keep their state in plain attributes (``explorer.index``, ``playground.result``) and draw through
+``ipywidgets.Image`` PNGs, so the tests drive them without a browser: set a value or ``button.click()``, then compare
+the PNG with what the package call gives.
+
+    >>> DenoisingExplorer.for_points(gd, model, n=500)        # doctest: +SKIP  (in a notebook cell)
+    >>> PromptPlayground(UnCLIP.from_pretrained("data/checkpoints"))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from dalle2_edu.viz import image_grid
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """uint8 (H, W, 3) → PNG file bytes."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_to_array(data: bytes) -> np.ndarray:
+    """PNG file bytes → uint8 (H, W, 3) (for tests and screenshots)."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def pictures_png(images: torch.Tensor, nrow: int | None = None, scale: int = 3) -> bytes:
+    """(N, 3, H, W) in [-1, 1] → one PNG of the pictures in a row (or ``nrow`` per row), each enlarged ``scale``×
+    with nearest-neighbour so single pixels stay visible."""
+    grid = image_grid(images, nrow=nrow or len(images)).numpy()
+    return png_bytes(grid.repeat(scale, axis=0).repeat(scale, axis=1))
+
+
+# ------------------------------------------------------------------------------------------------ explorer
+class DenoisingExplorer:
+    """Scrub through one stored sampling trajectory.
+
+    :param states: the K + 1 states x_T, …, x_0 the sampler passed through (K = number of steps), each (N, 2) points
+        or (N, 3, H, W) pictures in [-1, 1].
+    :param guesses: K + 1 guesses x̂_0: the model's prediction from each state (the last is x_0 itself).
+    :param timesteps: K + 1 labels: the step t at which each state was fed to the model (the last: 0).
+    :param kind: ``"points"`` or ``"images"`` (default: from the states' shape).
+    :param title: shown above the slider.
+    """
+
+    def __init__(self, states, guesses, timesteps, kind: str | None = None, title: str = ""):
+        import ipywidgets as widgets
+
+        if not (len(states) == len(guesses) == len(timesteps)) or len(states) < 2:
+            raise ValueError(
+                f"states, guesses and timesteps must be equally long (>= 2), got {len(states)}, {len(guesses)}, "
+                f"{len(timesteps)}; build the explorer with for_points / for_images / for_prompt"
+            )
+        self.states = [s.detach().cpu() for s in states]
+        self.guesses = [g.detach().cpu() for g in guesses]
+        self.timesteps = [int(t) for t in timesteps]
+        self.kind = kind or ("points" if self.states[0].ndim == 2 else "images")
+        if self.kind not in ("points", "images"):
+            raise ValueError(f"kind must be 'points' or 'images', got {kind!r}")
+        self._cache: dict[int, bytes] = {}
+        last = len(self.states) - 1
+        self.slider = widgets.IntSlider(value=0, min=0, max=last, description="step", continuous_update=True)
+        self.play = widgets.Play(value=0, min=0, max=last, interval=150, description="play")
+        widgets.link((self.play, "value"), (self.slider, "value"))  # kernel-side link: works without a browser too
+        self.label = widgets.Label()
+        self.image = widgets.Image(format="png")
+        self.slider.observe(lambda change: self._show(change["new"]), names="value")
+        header = [widgets.HTML(f"<b>{title}</b>")] if title else []
+        self.widget = widgets.VBox(header + [widgets.HBox([self.play, self.slider, self.label]), self.image])
+        self._show(0)
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    @property
+    def index(self) -> int:
+        return self.slider.value
+
+    def frame(self, k: int) -> bytes:
+        """PNG of frame ``k`` (x_t beside x̂_0), drawn once and then kept."""
+        if not 0 <= k < len(self.states):
+            raise IndexError(f"frame {k} does not exist; the trajectory has frames 0..{len(self.states) - 1}")
+        if k not in self._cache:
+            self._cache[k] = self._draw(k)
+        return self._cache[k]
+
+    def _title(self, k: int) -> str:
+        if k == len(self.states) - 1:
+            return "x_0: finished"
+        return f"x_t at t = {self.timesteps[k]}" + (" (pure noise)" if k == 0 else "")
+
+    def _draw(self, k: int) -> bytes:
+        if self.kind == "images":
+            state, guess = self.states[k], self.guesses[k]
+            n = len(state)
+            nrow = n if n <= 4 else int(np.ceil(n / 2))
+            left = image_grid(state.clamp(-1, 1), nrow=nrow).numpy()
+            right = image_grid(guess.clamp(-1, 1), nrow=nrow).numpy()
+            gap = np.full((left.shape[0], 8, 3), 255, np.uint8)
+            both = np.concatenate([left, gap, right], axis=1)
+            scale = max(1, 256 // left.shape[0])
+            return png_bytes(both.repeat(scale, axis=0).repeat(scale, axis=1))
+        import matplotlib.pyplot as plt
+
+        from dalle2_edu.viz import scatter_row
+
+        fig = scatter_row([self.states[k], self.guesses[k]], [self._title(k), "the model's guess x̂_0"], lim=2.0)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        plt.close(fig)
+        return buffer.getvalue()
+
+    def _show(self, k: int) -> None:
+        self.image.value = self.frame(k)
+        self.label.value = self._title(k) if self.kind == "images" else f"t = {self.timesteps[k]}"
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # -------------------------------------------------------------------------------- building from a sampler
+    @classmethod
+    def from_trajectory(cls, start: torch.Tensor, steps: Sequence[dict], timesteps: Sequence[int], **kwargs):
+        """From a progressive sampler's output: ``start`` = x_T, ``steps`` = its dicts (sample, pred_x0) in order,
+        ``timesteps`` = the (original) t of each step."""
+        steps = list(steps)
+        if len(steps) != len(timesteps):
+            raise ValueError(f"got {len(steps)} steps but {len(timesteps)} timesteps")
+        states = [start] + [s["sample"] for s in steps]
+        guesses = [s["pred_x0"] for s in steps] + [steps[-1]["sample"]]
+        return cls(states, guesses, list(timesteps) + [0], **kwargs)
+
+    @classmethod
+    def for_points(cls, gd, model: Callable, n: int = 500, steps: int | None = None, seed: int = 0, **kwargs):
+        """Ancestral sampling of ``n`` 2D points with ``model`` (optionally respaced to ``steps``), all kept."""
+        from dalle2_edu.schedules import space_timesteps
+
+        spaced = (
+            gd if steps is None or steps == gd.num_timesteps else gd.respace(space_timesteps(gd.num_timesteps, [steps]))
+        )
+        generator = torch.Generator().manual_seed(seed)
+        start = torch.randn(n, 2, generator=generator)
+        trajectory = spaced.p_sample_loop_progressive(model, (n, 2), noise=start, generator=generator)
+        t_orig = spaced.timestep_map.flip(0).tolist()
+        return cls.from_trajectory(start, trajectory, t_orig, kind="points", **kwargs)
+
+    @classmethod
+    def for_images(cls, gd, model: Callable, shape, steps: int = 25, eta: float = 0.0, seed: int = 0, **kwargs):
+        """DDIM sampling of pictures of ``shape`` (N, 3, H, W) with ``model(x_t, t)`` (e.g. a guided decoder)."""
+        from dalle2_edu.decoder import respaced
+
+        spaced = respaced(gd, min(steps, gd.num_timesteps))
+        generator = torch.Generator().manual_seed(seed)
+        start = torch.randn(*shape, generator=generator)
+        device = next(model.parameters()).device if hasattr(model, "parameters") else None
+        trajectory = spaced.ddim_sample_loop_progressive(
+            model, shape, eta=eta, noise=start, generator=generator, device=device
+        )
+        t_orig = spaced.timestep_map.flip(0).tolist()
+        return cls.from_trajectory(start, trajectory, t_orig, kind="images", **kwargs)
+
+    @classmethod
+    def for_prompt(cls, pipe, prompt: str, n: int = 4, steps: int = 25, guidance_scale: float = 3.0, seed: int = 0):
+        """The decoder's trajectory for a prompt: the same pictures as ``pipe.generate(prompt, n, guidance_scale,
+        steps, seed, upsample=False)`` (the start noise is drawn as :func:`~dalle2_edu.decoder.sample_decoder` does)."""
+        from dalle2_edu.decoder import guided_decoder
+
+        z = pipe.image_embeddings_from_text([prompt], n, seed=seed)
+        decoder, gd = pipe.decoder
+        size = decoder.unet.config.image_size
+        net = guided_decoder(decoder, z, guidance_scale)
+        decoder.eval()
+        return cls.for_images(gd, net, (n, 3, size, size), steps=steps, seed=seed + 1, title=prompt)
+
+
+# ------------------------------------------------------------------------------------------------ playground
+def recoloured_prompt(prompt: str, colour: str) -> str:
+    """``prompt`` with its colour word replaced by ``colour`` ("a red mug", "blue" → "a blue mug").
+
+    :raises ValueError: the prompt names no colour or several, or ``colour`` is not one of the catalogue's colours.
+    """
+    from dalle2_edu.datasets.catalogue import COLOUR_NAMES
+
+    if colour not in COLOUR_NAMES:
+        raise ValueError(f"unknown colour {colour!r}; choose one of {', '.join(COLOUR_NAMES)}")
+    named = [c for c in COLOUR_NAMES if re.search(rf"\b{re.escape(c)}\b(?! background)", prompt.lower())]
+    if len(named) != 1:
+        what = "no colour" if not named else f"several colours ({', '.join(named)})"
+        raise ValueError(f"the prompt {prompt!r} names {what}; recolouring needs exactly one, e.g. 'a red mug'")
+    old = named[0]
+    new = re.sub(rf"\b{re.escape(old)}\b", colour, prompt, count=1, flags=re.IGNORECASE)
+    return _fix_article(new)
+
+
+def _fix_article(text: str) -> str:
+    """ "a orange" → "an orange", "an red" → "a red"."""
+    text = re.sub(r"\b([aA]) (?=[aeiouAEIOU])", r"\1n ", text)
+    return re.sub(r"\b([aA])n (?=[^aeiouAEIOU\W])", r"\1 ", text)
+
+
+class PromptPlayground:
+    """Type a prompt, press Generate, see 4 pictures; then ask for variations of one, or recolour it.
+
+    :param pipe: a :class:`~dalle2_edu.pipeline.UnCLIP`.
+    :param prompt: the starting prompt.
+    :param n: pictures per click.
+    :param steps, guidance_scale, seed: starting values of the sliders and the seed box.
+    :param upsample: run the 32→64 upsampler.
+    :param prior_steps: the prior's DDIM steps.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        prompt: str = "a red striped mug on a wooden table",
+        n: int = 4,
+        steps: int = 25,
+        guidance_scale: float = 3.0,
+        seed: int = 0,
+        upsample: bool = True,
+        prior_steps: int = 64,
+    ):
+        import ipywidgets as widgets
+
+        from dalle2_edu.datasets.catalogue import COLOUR_NAMES
+
+        self.pipe, self.n, self.upsample, self.prior_steps = pipe, n, upsample, prior_steps
+        self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="460px"))
+        self.guidance = widgets.FloatSlider(value=guidance_scale, min=0.0, max=8.0, step=0.5, description="guidance")
+        self.steps = widgets.IntSlider(value=steps, min=1, max=100, description="steps")
+        self.seed = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="160px"))
+        self.generate_button = widgets.Button(description="Generate", button_style="primary")
+        self.progress = widgets.IntProgress(value=0, min=0, max=3, description="")
+        self.status = widgets.HTML()
+        self.image = widgets.Image(format="png")
+        self.pick = widgets.Dropdown(options=list(range(1, n + 1)), value=1, description="picture",
+                                     layout=widgets.Layout(width="160px"))  # fmt: skip
+        self.variations_button = widgets.Button(description="variations of this one")
+        self.colour = widgets.Dropdown(options=list(COLOUR_NAMES), value="blue", description="colour",
+                                       layout=widgets.Layout(width="180px"))  # fmt: skip
+        self.recolour_button = widgets.Button(description="recolour")
+        self.generate_button.on_click(lambda _: self.generate())
+        self.variations_button.on_click(lambda _: self.variations())
+        self.recolour_button.on_click(lambda _: self.recolour())
+        self.result = None  # the Generation on show
+        self.source_prompts: list[str] = []  # the prompt each picture on show depicts
+        self.widget = widgets.VBox(
+            [
+                self.prompt,
+                widgets.HBox([self.guidance, self.steps, self.seed]),
+                widgets.HBox([self.generate_button, self.progress, self.status]),
+                self.image,
+                widgets.HBox([self.pick, self.variations_button, self.colour, self.recolour_button]),
+            ]
+        )
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _run(self, stages: int, work: Callable[[Callable[[], None]], None]) -> bool:
+        """Run ``work(advance)`` with the progress bar at 0..stages; errors (a word the model does not know, no
+        picture yet) go to the status line in red instead of a traceback. Returns whether it worked."""
+        import html
+
+        self.progress.max, self.progress.value = stages, 0
+        self.status.value = ""
+
+        def advance():
+            self.progress.value += 1
+
+        try:
+            work(advance)
+        except ValueError as err:
+            self.status.value = f"<span style='color:#b00'>⚠ {html.escape(str(err))}</span>"
+            return False
+        return True
+
+    def _show(self, result, prompts: list[str]) -> None:
+        self.result, self.source_prompts = result, prompts
+        self.image.value = pictures_png(result.tensors, scale=3 if result.tensors.shape[-1] >= 64 else 6)
+
+    def _settings(self) -> dict:
+        return dict(guidance_scale=self.guidance.value, steps=self.steps.value, seed=self.seed.value)
+
+    def generate(self) -> bool:
+        """What the Generate button does: ``pipe.generate(prompt, n, guidance, steps, seed)`` stage by stage."""
+        from dalle2_edu.pipeline import Generation
+
+        s = self._settings()
+
+        def work(advance):
+            prompt = self.prompt.value
+            z = self.pipe.image_embeddings_from_text([prompt], self.n, prior_steps=self.prior_steps, seed=s["seed"])
+            advance()
+            low = self.pipe.decode(z, s["guidance_scale"], s["steps"], seed=s["seed"] + 1)
+            advance()
+            images = self.pipe.upsample(low, seed=s["seed"] + 2) if self.upsample else low
+            advance()
+            self._show(Generation(images.cpu(), [prompt] * self.n, z.cpu(), low.cpu()), [prompt] * self.n)
+
+        return self._run(3, work)
+
+    def _picked(self) -> torch.Tensor:
+        if self.result is None:
+            raise ValueError("no pictures yet: press Generate first")
+        return self.result.tensors[self.pick.value - 1 : self.pick.value]
+
+    def variations(self) -> bool:
+        """What "variations of this one" does: ``pipe.variations(picked picture, n)``."""
+
+        def work(advance):
+            source, prompt = self._picked(), self.source_prompts[self.pick.value - 1]
+            out = self.pipe.variations(source, n=self.n, upsample=self.upsample, **self._settings())
+            advance()
+            self._show(out, [prompt] * self.n)
+
+        return self._run(1, work)
+
+    def recolour(self) -> bool:
+        """What "recolour" does: ``pipe.text_diff(picked picture, its prompt, the prompt in the chosen colour)`` at
+        n strengths θ from 0.3 to 0.6."""
+
+        def work(advance):
+            source, prompt = self._picked(), self.source_prompts[self.pick.value - 1]
+            target = recoloured_prompt(prompt, self.colour.value)
+            amounts = np.linspace(0.3, 0.6, self.n).round(3).tolist()
+            out = self.pipe.text_diff(
+                source, prompt, target, amount=amounts, upsample=self.upsample, **self._settings()
+            )
+            advance()
+            self._show(out, [target] * self.n)
+
+        return self._run(1, work)
