@@ -19,16 +19,20 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# Unit tests, then every notebook top to bottom in fast mode.
+# Unit tests, every notebook top to bottom in fast mode, then the widgets in a real JupyterLab + headless Chromium
+# (when Chromium is installed: `apt-get install chromium`; .ci/run installs it). Screenshots: test-artifacts/browser.
 test: $(STAMP) lint
 	DALLE2_EDU_FAST=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q tests
 	DALLE2_EDU_FAST=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q --nbmake --nbmake-timeout=600 notebooks
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then \
+		DALLE2_EDU_FAST=1 MPLBACKEND=Agg $(BIN)/python -m pytest -q -m browser tests/browser; \
+	else echo "browser test SKIPPED: Chromium is not installed (apt-get install chromium)"; fi
 
 demo: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m dalle2_edu demo --out out/demo
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) notebooks/
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -78,3 +78,25 @@ def test_short_2d_training_lowers_the_bound_and_is_seeded():
     # an untrained model's bound is far worse than the trained one's
     fresh = MLPDenoiser(hidden=32, depth=1, learned_sigma=True)
     assert vlb_vs_exact_nll(fresh, gd, n=300)["vlb_nats"] > res["vlb_nats"] + 1.0
+
+
+def test_exact_mixture_denoiser_matches_the_gaussian_oracle_and_samples_the_mixture():
+    from oracles import GaussianOracle
+
+    from dalle2_edu.diffusion import GaussianDiffusion
+    from dalle2_edu.schedules import cosine_betas, space_timesteps
+
+    betas = cosine_betas(200)
+    gd = GaussianDiffusion(betas, data_type="continuous")
+    x = torch.randn(64, 2, dtype=torch.float64)
+    t = torch.randint(0, 200, (64,))
+    one = GaussianMixture2D([[0.0, 0.0]], [0.3]).exact_eps_model(gd)  # one centred component: the oracle's case
+    assert torch.allclose(one(x, t), GaussianOracle(betas, 0.3, learned_range=False)(x, t), atol=1e-10)
+    mix = GaussianMixture2D.default()
+    model = mix.exact_eps_model(gd)
+    pts = gd.p_sample_loop(model, (4000, 2), generator=torch.Generator().manual_seed(0)).double()
+    centre = (pts.norm(dim=1) < 0.3).double().mean().item()  # the middle blob holds 2/8 of the mass
+    assert abs(centre - 0.25) < 0.04, centre
+    assert mix.log_prob(pts).mean() > mix.log_prob(mix.sample(4000, seed=3)).mean() - 0.15
+    with pytest.raises(ValueError, match="original process"):
+        mix.exact_eps_model(gd.respace(space_timesteps(200, [10])))

@@ -85,6 +85,33 @@ class GaussianMixture2D:
         log_comp = -d2 / (2 * self.stds**2) - 2 * torch.log(self.stds) - math.log(2 * math.pi)
         return torch.logsumexp(log_comp + torch.log(self.weights), dim=1)
 
+    def exact_eps_model(self, gd):
+        """The ideal denoiser of this mixture under ``gd``'s forward process, as an ε-model ``model(x_t, t)``.
+
+        Given component k, x_t = √ᾱ x_0 + √(1-ᾱ) ε is Gaussian: N(√ᾱ μ_k, (ᾱ s_k² + 1 - ᾱ) I), so the posterior
+        component weights w_k(x_t) and E[x_0 | x_t, k] = μ_k + √ᾱ s_k² (x_t - √ᾱ μ_k) / (ᾱ s_k² + 1 - ᾱ) are exact;
+        E[x_0 | x_t] = Σ_k w_k E[x_0 | x_t, k] and ε̂ = (x_t - √ᾱ E[x_0 | x_t]) / √(1 - ᾱ). What a perfectly trained
+        network would output: a 2D explorer or sampler needs no training with it. ``t`` is the original step index.
+        """
+        if not torch.equal(gd.timestep_map, torch.arange(gd.num_timesteps)):
+            raise ValueError("exact_eps_model needs the original process, not a respaced one (it reads t as original)")
+        abar_table = torch.as_tensor(gd.alphas_cumprod, dtype=torch.float64)
+
+        def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            x = x_t.to(torch.float64)
+            ab = abar_table[t.cpu()].to(x.device)[:, None, None]  # (n, 1, 1)
+            var = ab * self.stds[None, :, None] ** 2 + 1 - ab  # (n, K, 1)
+            centre = ab.sqrt() * self.means[None]  # (n, K, 2)
+            d2 = ((x[:, None, :] - centre) ** 2).sum(-1, keepdim=True)  # (n, K, 1)
+            log_w = torch.log(self.weights)[None, :, None] - d2 / (2 * var) - torch.log(var)  # 2D: log of var^(2/2)
+            w = torch.softmax(log_w, dim=1)
+            x0_k = self.means[None] + ab.sqrt() * self.stds[None, :, None] ** 2 * (x[:, None, :] - centre) / var
+            x0 = (w * x0_k).sum(1)
+            ab1 = ab[:, 0]
+            return ((x - ab1.sqrt() * x0) / (1 - ab1).sqrt()).to(x_t.dtype)
+
+        return model
+
     def entropy(self, n: int = 200_000, seed: int = 1) -> float:
         """Monte-Carlo differential entropy H = -E[log p(x)] in nats (over both dimensions)."""
         return -self.log_prob(self.sample(n, seed)).mean().item()
