@@ -22,6 +22,8 @@ from dalle2_edu.datasets.catalogue import (
     PATTERNS,
     make_caption,
 )
+from dalle2_edu.edits import fit_size
+from dalle2_edu.upsampler import to_float_images
 
 
 def eval_prompts(split: str = "seen", seed: int = 0) -> tuple[list[str], torch.Tensor]:
@@ -171,10 +173,6 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.float() - b.float()).pow(2).flatten(1).mean(1).sqrt()
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
-
-
 def evaluate_variations(pipe, sources: dict, n: int = 4, classifier=None, progress: bool = True, **kwargs) -> dict:
     """Do variations keep the source's category and colour, and differ from each other?
 
@@ -186,7 +184,7 @@ def evaluate_variations(pipe, sources: dict, n: int = 4, classifier=None, progre
     from dalle2_edu.metrics import load_attribute_classifier
 
     classifier = classifier or load_attribute_classifier()
-    images, attrs = to_float(sources["images"]), sources["attributes"]
+    images, attrs = to_float_images(sources["images"]), sources["attributes"]
     outs = []
     for i in tqdm(range(len(images)), desc="variations", disable=not progress):
         outs.append(pipe.variations(images[i : i + 1], n=n, seed=i, **kwargs).tensors)
@@ -195,16 +193,10 @@ def evaluate_variations(pipe, sources: dict, n: int = 4, classifier=None, progre
     report = _share(out, wanted, classifier)
     grouped = out.reshape(len(images), n, *out.shape[1:])
     pair = [_rms(grouped[:, j], grouped[:, k]).mean() for j in range(n) for k in range(j + 1, n)]
-    src = fit_to(images, out.shape[-1])
+    src = fit_size(images, out.shape[-1])
     report["rms_between_variations"] = round(float(torch.stack(pair).mean()), 4) if pair else None
     report["rms_to_source"] = round(float(_rms(grouped, src[:, None].expand_as(grouped)).mean()), 4)
     return report
-
-
-def fit_to(images: torch.Tensor, size: int) -> torch.Tensor:
-    from dalle2_edu.edits import fit_size
-
-    return fit_size(images, size)
 
 
 def evaluate_text_diff(pipe, sources: dict, amounts=(0.25, 0.5, 0.75), classifier=None, progress=True, **kw) -> dict:
@@ -218,7 +210,7 @@ def evaluate_text_diff(pipe, sources: dict, amounts=(0.25, 0.5, 0.75), classifie
 
     classifier = classifier or load_attribute_classifier()
     rng = np.random.default_rng([sources["seed"], 7])
-    images, attrs = to_float(sources["images"]), sources["attributes"]
+    images, attrs = to_float_images(sources["images"]), sources["attributes"]
     outs, wanted = [], []
     for i in tqdm(range(len(images)), desc="text diffs", disable=not progress):
         new = other_colour(attrs[i]["colour"], rng, attrs[i]["category"])
@@ -242,15 +234,15 @@ def evaluate_inpaint(pipe, sources: dict, n: int = 2, classifier=None, progress=
 
     classifier = classifier or load_attribute_classifier()
     rng = np.random.default_rng([sources["seed"], 11])
-    images, attrs = to_float(sources["images"]), sources["attributes"]
+    images, attrs = to_float_images(sources["images"]), sources["attributes"]
     masks = product_mask(sources["alpha"])
     outs, wanted, worst, inside = [], [], 0.0, []
     for i in tqdm(range(len(images)), desc="inpainting", disable=not progress):
         new = other_colour(attrs[i]["colour"], rng, attrs[i]["category"])
         _, prompt = caption_pair(attrs[i], {"colour": new}, seed=i)
         out = pipe.inpaint(images[i], masks[i], prompt, n=n, seed=i, **kw).tensors
-        keep = 1 - fit_to(masks[i][None, None], out.shape[-1])
-        src = fit_to(images[i : i + 1], out.shape[-1])
+        keep = 1 - fit_size(masks[i][None, None], out.shape[-1])
+        src = fit_size(images[i : i + 1], out.shape[-1])
         worst = max(worst, float(((out - src).abs() * keep).max()))
         inside.append(float((((out - src) ** 2) * (1 - keep)).sum() / ((1 - keep).sum() * 3 * n)) ** 0.5)
         outs.append(out)

@@ -163,14 +163,16 @@ class DenoisingExplorer:
         return cls.from_trajectory(start, trajectory, t_orig, kind="points", **kwargs)
 
     @classmethod
-    def for_images(cls, gd, model: Callable, shape, steps: int = 25, eta: float = 0.0, seed: int = 0, **kwargs):
-        """DDIM sampling of pictures of ``shape`` (N, 3, H, W) with ``model(x_t, t)`` (e.g. a guided decoder)."""
+    def for_images(
+        cls, gd, model: Callable, shape, steps: int = 25, eta: float = 0.0, seed: int = 0, device="cpu", **kwargs
+    ):
+        """DDIM sampling of pictures of ``shape`` (N, 3, H, W) with ``model(x_t, t)`` (e.g. a guided decoder) on
+        ``device``; the noise is drawn on the CPU from ``seed``, as every sampler of the package does."""
         from dalle2_edu.decoder import respaced
 
         spaced = respaced(gd, min(steps, gd.num_timesteps))
         generator = torch.Generator().manual_seed(seed)
         start = torch.randn(*shape, generator=generator)
-        device = next(model.parameters()).device if hasattr(model, "parameters") else None
         trajectory = spaced.ddim_sample_loop_progressive(
             model, shape, eta=eta, noise=start, generator=generator, device=device
         )
@@ -188,7 +190,7 @@ class DenoisingExplorer:
         size = decoder.unet.config.image_size
         net = guided_decoder(decoder, z, guidance_scale)
         decoder.eval()
-        return cls.for_images(gd, net, (n, 3, size, size), steps=steps, seed=seed + 1, title=prompt)
+        return cls.for_images(gd, net, (n, 3, size, size), steps=steps, seed=seed + 1, device=pipe.device, title=prompt)
 
 
 # ------------------------------------------------------------------------------------------------ playground
