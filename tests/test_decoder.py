@@ -1,5 +1,6 @@
 import pytest
 import torch
+from tiny_unclip import perturbed
 
 from dalle2_edu.decoder import (
     CLIPDecoder,
@@ -21,14 +22,6 @@ D = 8
 def tiny_config(**kw):
     unet = UNetConfig.tiny(image_size=8).to_dict()
     return DecoderConfig(unet=unet, clip_dim=D, cond_dim=16, context_dim=16, num_timesteps=20, **kw)
-
-
-def perturbed(model, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return model
 
 
 def inputs(B=3, seed=1):
