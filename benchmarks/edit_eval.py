@@ -17,11 +17,9 @@ Runs (each writes its row into the JSON as soon as it finishes):
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
-import torch
+from _report import open_report, save_row, select_runs
 
 from dalle2_edu.evaluate import edit_sources, evaluate_inpaint, evaluate_text_diff, evaluate_variations
 from dalle2_edu.metrics import load_attribute_classifier
@@ -46,17 +44,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="docs/benchmarks/edits.json")
     args = parser.parse_args()
-    names = args.runs.split(",")
-    unknown = [r for r in names if r not in RUNS]
-    if unknown:
-        raise SystemExit(f"unknown runs {unknown}; choose among {list(RUNS)}")
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    report = json.loads(out.read_text()) if out.exists() else {}
-    report["command"] = "python benchmarks/edit_eval.py " + " ".join(
-        f"--{k} {v}" for k, v in vars(args).items() if k not in ("out", "runs")
-    )
-    report["machine"] = f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+    names = select_runs(args.runs, RUNS)
+    report = open_report(args, "edit_eval.py", leave_out=("out", "runs"))
     pipe = UnCLIP.from_pretrained(args.checkpoints)
     classifier = load_attribute_classifier()
     sources = edit_sources(args.n, seed=args.seed)
@@ -65,10 +54,8 @@ def main() -> None:
         start = time.perf_counter()
         row = fn(pipe, sources, classifier=classifier, **kwargs)
         row["seconds"] = round(time.perf_counter() - start, 1)
-        report.setdefault("runs", {})[name] = row
+        save_row(args, report, name, row)
         print(name, row, flush=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

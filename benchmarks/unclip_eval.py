@@ -18,9 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
+from _report import open_report, save_row, select_runs
 
 from dalle2_edu.evaluate import evaluate_pipeline
 from dalle2_edu.metrics import load_attribute_classifier
@@ -47,17 +47,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="docs/benchmarks/unclip.json")
     args = parser.parse_args()
-    names = args.runs.split(",")
-    unknown = [r for r in names if r not in RUNS]
-    if unknown:
-        raise SystemExit(f"unknown runs {unknown}; choose among {list(RUNS)}")
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    report = json.loads(out.read_text()) if out.exists() else {}
-    report["command"] = "python benchmarks/unclip_eval.py " + " ".join(
-        f"--{k} {v}" for k, v in vars(args).items() if k != "out"
-    )
-    report["machine"] = f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}"
+    names = select_runs(args.runs, RUNS)
+    report = open_report(args, "unclip_eval.py")
     pipe = UnCLIP.from_pretrained(args.checkpoints)
     classifier = load_attribute_classifier()
     for name in names:
@@ -68,9 +59,7 @@ def main() -> None:
         with torch.no_grad():
             row = evaluate_pipeline(pipe, n=n, seed=args.seed, fid_real=fid_real, classifier=classifier, **settings)
         row["seconds"] = round(time.perf_counter() - start, 1)
-        report.setdefault("runs", {})[name] = row
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        save_row(args, report, name, row)
         print(name, json.dumps({k: row[k] for k in ("seen", "heldout", "fid", "fid_floor_train_vs_test", "seconds")}))
 
 
