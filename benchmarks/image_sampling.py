@@ -19,7 +19,6 @@ import torch
 
 from dalle2_edu.checkpoint import load_checkpoint
 from dalle2_edu.datasets.catalogue import ProductCatalogue
-from dalle2_edu.diffusion import GaussianDiffusion
 from dalle2_edu.image_model import AttributeUNet, ImageModelConfig, load_image_model, sample_images
 from dalle2_edu.metrics import fid, fid_floor, kid, load_attribute_classifier, prompt_fidelity
 from dalle2_edu.viz import image_grid
@@ -83,7 +82,7 @@ def main():
     out_path = Path(args.out)
     results = json.loads(out_path.read_text())["runs"] if out_path.exists() else {}
     for name, sampler, steps, var_type, scale in chosen:
-        gd = GaussianDiffusion(cfg.diffusion().betas, mean_type=cfg.mean_type, var_type=var_type, data_type="image")
+        gd = cfg.diffusion.replace(var_type=var_type).build()
         net = model if var_type == "learned_range" else MeanOnly(model)
         start = time.perf_counter()
         images = torch.cat([

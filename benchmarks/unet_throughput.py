@@ -86,7 +86,7 @@ def time_train(model, fwd, fmt, amp, steps=3):
 def time_ddim(model, fwd, fmt, amp):
     """DDIM-50 through the project's sampler, so the sampling arithmetic is the same for every network."""
     from dalle2_edu.diffusion import GaussianDiffusion
-    from dalle2_edu.schedules import cosine_betas, space_timesteps
+    from dalle2_edu.diffusion.schedules import cosine_betas, space_timesteps
 
     gd = GaussianDiffusion(cosine_betas(1000), var_type="learned_range").respace(space_timesteps(1000, "ddim50"))
     model.eval()
@@ -111,7 +111,7 @@ def hwm():
     return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 torch.set_num_threads(2)
 from dalle2_edu.image_model import AttributeUNet, ImageModelConfig, image_loss_fn
-cfg = ImageModelConfig(); model = AttributeUNet(cfg); gd = cfg.diffusion()
+cfg = ImageModelConfig(); model = AttributeUNet(cfg); gd = cfg.diffusion.build()
 base = hwm()
 opt = torch.optim.AdamW(model.parameters(), 1e-4); loss_fn = image_loss_fn(gd, 0.1)
 batch = (torch.randint(0, 256, ({BATCH}, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 3, ({BATCH}, 4)))

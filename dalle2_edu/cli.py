@@ -30,7 +30,7 @@ def _toy2d(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cfg = Toy2DConfig(
         dataset=args.dataset, steps=args.steps, hidden=args.hidden, depth=args.depth, seed=args.seed,
-        loss_type=args.loss_type, t_sampler=args.t_sampler,
+        diffusion={"loss_type": args.loss_type}, t_sampler=args.t_sampler,
     )  # fmt: skip
     start = time.perf_counter()
     trainer, gd, data = train_toy2d(cfg, progress=True)

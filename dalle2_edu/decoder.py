@@ -11,7 +11,8 @@ conditioning; DALL·E 2 found it helps little, and it is off by default here).
 
 Classifier-free guidance: during training z_i is replaced by a learned null embedding with probability ``emb_drop``
 (10%) and the caption tokens are dropped with probability ``caption_drop`` (50%); at sampling
-ε̂ = ε̂(x_t, ∅) + s · (ε̂(x_t, z_i) - ε̂(x_t, ∅)) with ``guidance_scale`` s (:class:`dalle2_edu.guidance.GuidedModel`).
+ε̂ = ε̂(x_t, ∅) + s · (ε̂(x_t, z_i) - ε̂(x_t, ∅)) with ``guidance_scale`` s
+(:class:`dalle2_edu.diffusion.guidance.GuidedModel`).
 
 Embeddings are expected at the diffusion scale of :mod:`dalle2_edu.clip`: L2-normalised, times √d.
 """
@@ -24,11 +25,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dalle2_edu.diffusion import GaussianDiffusion, diffusion_from_config
-from dalle2_edu.guidance import GuidedModel
+from dalle2_edu.diffusion import GaussianDiffusion, diffusion_loss, respaced, sample
+from dalle2_edu.diffusion.config import DiffusionConfig, coerce_diffusion, diffusion_field, lift_legacy_fields
+from dalle2_edu.diffusion.guidance import GuidedModel
 from dalle2_edu.image_model import default_unet
 from dalle2_edu.nets.unet import UNet, UNetConfig
-from dalle2_edu.schedules import space_timesteps
+
+__all__ = ["CLIPDecoder", "DecoderConfig", "decoder_loss_fn", "guided_decoder", "respaced", "sample_decoder",
+           "train_decoder", "save_decoder", "load_decoder", "init_from_image_model"]  # fmt: skip
 
 
 @dataclass
@@ -52,33 +56,31 @@ class DecoderConfig:
     num_clip_tokens: int = 4
     context_dim: int = 64
     text_width: int | None = None
-    num_timesteps: int = 1000
-    schedule: str = "cosine"
-    mean_type: str = "eps"
-    var_type: str = "learned_range"
-    loss_type: str = "hybrid"
+    diffusion: DiffusionConfig = diffusion_field(var_type="learned_range", loss_type="hybrid")
     emb_drop: float = 0.1
     caption_drop: float = 0.5
 
     def __post_init__(self):
-        for name in ("clip_dim", "cond_dim", "num_clip_tokens", "context_dim", "num_timesteps"):
+        coerce_diffusion(self)
+        for name in ("clip_dim", "cond_dim", "num_clip_tokens", "context_dim"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"DecoderConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("emb_drop", "caption_drop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"DecoderConfig.{name} must lie in [0, 1), got {getattr(self, name)}")
 
-    def diffusion(self) -> GaussianDiffusion:
-        return diffusion_from_config(self, "image")
-
     def unet_config(self) -> UNetConfig:
         return UNetConfig.from_dict(
             {**self.unet, "cond_dim": self.cond_dim, "context_dim": self.context_dim,
-             "learned_sigma": self.var_type == "learned_range"}
+             "learned_sigma": self.diffusion.learned_sigma}
         )  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DecoderConfig:
+        return cls(**lift_legacy_fields(d))
 
 
 class CLIPDecoder(nn.Module):
@@ -162,22 +164,18 @@ def decoder_loss_fn(gd: GaussianDiffusion, config: DecoderConfig):
     text_mask)``: images (B, 3, H, W) uint8 or float in [-1, 1]; image_emb (B, d). Drops z_i with probability
     ``emb_drop`` and the caption with probability ``caption_drop`` (classifier-free guidance)."""
 
-    def loss_fn(model, batch):
+    def prepare(batch):
         x0, image_emb, *caption = batch
-        if x0.dtype == torch.uint8:
-            x0 = x0.float() / 127.5 - 1
         B = x0.shape[0]
-        t = torch.randint(0, gd.num_timesteps, (B,), device=x0.device)
         drop = torch.rand(B, device=x0.device) < config.emb_drop
         kwargs = {"image_emb": image_emb.float(), "drop": drop}
         if caption:
             text_tokens, text_mask = caption
             keep = torch.rand(B, 1, device=x0.device) >= config.caption_drop
             kwargs.update(text_tokens=text_tokens.float(), text_mask=text_mask.to(torch.bool) & keep)
-        losses = gd.training_losses(model, x0, t, model_kwargs=kwargs)
-        return {"loss": losses["loss"].mean(), "mse": losses["mse"].mean(), "vb_bpd": losses["vb"].mean()}
+        return x0, kwargs
 
-    return loss_fn
+    return diffusion_loss(gd, prepare)
 
 
 def guided_decoder(decoder: CLIPDecoder, image_emb, guidance_scale: float, text_tokens=None, text_mask=None):
@@ -188,15 +186,8 @@ def guided_decoder(decoder: CLIPDecoder, image_emb, guidance_scale: float, text_
     if text_tokens is not None:
         cond.update(text_tokens=text_tokens, text_mask=text_mask)
         null.update(text_tokens=text_tokens, text_mask=text_mask)
-    mean_channels = 3 if decoder.config.var_type == "learned_range" else None
+    mean_channels = 3 if decoder.config.diffusion.learned_sigma else None
     return GuidedModel(decoder, cond, null, guidance_scale, mean_channels=mean_channels)
-
-
-def respaced(gd: GaussianDiffusion, steps: int) -> GaussianDiffusion:
-    """``gd`` respaced to ``steps`` steps by Improved DDPM's rule (which keeps both t = 0 and t = T - 1)."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= gd.num_timesteps:
-        raise ValueError(f"steps must be an int in [1, {gd.num_timesteps}], got {steps!r}")
-    return gd if steps == gd.num_timesteps else gd.respace(space_timesteps(gd.num_timesteps, [steps]))
 
 
 @torch.no_grad()
@@ -223,31 +214,14 @@ def sample_decoder(
     :param noise: (B, 3, H, W) starting x_T instead of seeded noise (e.g. from DDIM inversion, for variations).
     :return: (B, 3, H, W) images in [-1, 1].
     """
-    if sampler not in ("ddim", "ddpm"):
-        raise ValueError(f"unknown sampler {sampler!r}; choose 'ddim' or 'ddpm'")
     device = next(decoder.parameters()).device
     image_emb = torch.as_tensor(image_emb, dtype=torch.float32).to(device)
     if image_emb.ndim == 1:
         image_emb = image_emb[None]
     size = decoder.unet.config.image_size
-    shape = (image_emb.shape[0], 3, size, size)
-    if noise is not None and tuple(noise.shape) != shape:
-        raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
     net = guided_decoder(decoder, image_emb, guidance_scale, text_tokens, text_mask)
-    spaced = respaced(gd, steps)
-    generator = torch.Generator().manual_seed(seed)
-    was_training = decoder.training
-    decoder.eval()
-    try:
-        if sampler == "ddim":
-            out = spaced.ddim_sample_loop(
-                net, shape, eta=eta, noise=noise, generator=generator, device=device, progress=progress
-            )
-        else:
-            out = spaced.p_sample_loop(net, shape, noise=noise, generator=generator, device=device, progress=progress)
-    finally:
-        decoder.train(was_training)
-    return out.clamp(-1, 1)
+    return sample(net, gd, (image_emb.shape[0], 3, size, size), sampler=sampler, steps=steps, eta=eta, seed=seed,
+                  noise=noise, progress=progress, desc=f"decoder {size}x{size}")
 
 
 def train_decoder(
@@ -282,7 +256,7 @@ def train_decoder(
     if image_emb.shape[1] != config.clip_dim:
         raise ValueError(f"embeddings have size {image_emb.shape[1]} but config.clip_dim is {config.clip_dim}")
     set_seed(seed)
-    model, gd = CLIPDecoder(config), config.diffusion()
+    model, gd = CLIPDecoder(config), config.diffusion.build()
     if init_from is not None:
         init_from_image_model(model, init_from)
     trainer = Trainer(
@@ -316,6 +290,6 @@ def load_decoder(path=None, device="cpu") -> tuple[CLIPDecoder, GaussianDiffusio
     from dalle2_edu.checkpoint import load_model
 
     model = load_model(default_decoder_path() if path is None else path, "decoder",
-                       lambda cfg: CLIPDecoder(DecoderConfig(**cfg)), "train one with `python -m dalle2_edu pretrain`",
-                       device)  # fmt: skip
-    return model, model.config.diffusion()
+                       lambda cfg: CLIPDecoder(DecoderConfig.from_dict(cfg)),
+                       "train one with `python -m dalle2_edu train decoder`", device)  # fmt: skip
+    return model, model.config.diffusion.build()

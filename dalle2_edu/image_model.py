@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from dalle2_edu.diffusion import GaussianDiffusion, diffusion_from_config
-from dalle2_edu.guidance import GuidedModel
+from dalle2_edu.diffusion import GaussianDiffusion, diffusion_loss, sample
+from dalle2_edu.diffusion.config import DiffusionConfig, coerce_diffusion, diffusion_field, lift_legacy_fields
+from dalle2_edu.diffusion.guidance import GuidedModel
 from dalle2_edu.nets.unet import UNet, UNetConfig
-from dalle2_edu.schedules import space_timesteps
 
 NUM_VALUES = (8, 8, 3, 3)  # categories, colours, patterns, backgrounds
 UNSPECIFIED = -1  # a label value meaning "not asked for"
@@ -33,18 +33,18 @@ class ImageModelConfig:
 
     unet: dict = field(default_factory=default_unet)
     cond_dim: int = 128
-    num_timesteps: int = 1000
-    schedule: str = "cosine"
-    mean_type: str = "eps"
-    var_type: str = "learned_range"
-    loss_type: str = "hybrid"
+    diffusion: DiffusionConfig = diffusion_field(var_type="learned_range", loss_type="hybrid")
     label_drop: float = 0.1
 
-    def diffusion(self) -> GaussianDiffusion:
-        return diffusion_from_config(self, "image")
+    def __post_init__(self):
+        coerce_diffusion(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ImageModelConfig:
+        return cls(**lift_legacy_fields(d))
 
 
 class AttributeUNet(nn.Module):
@@ -57,7 +57,7 @@ class AttributeUNet(nn.Module):
         super().__init__()
         self.config = config
         unet_cfg = UNetConfig.from_dict({**config.unet, "cond_dim": config.cond_dim,
-                                         "learned_sigma": config.var_type == "learned_range"})  # fmt: skip
+                                         "learned_sigma": config.diffusion.learned_sigma})  # fmt: skip
         self.unet = UNet.from_config(unet_cfg)
         self.embeds = nn.ModuleList(nn.Embedding(n + 1, config.cond_dim) for n in NUM_VALUES)  # last row: unspecified
 
@@ -94,15 +94,11 @@ def image_loss_fn(gd: GaussianDiffusion, label_drop: float):
     """The Trainer's ``loss_fn`` for batches ``(images, labels)``: images (B, 3, H, W) uint8, or float in [-1, 1];
     labels (B, 4). A dict with keys ``image`` and ``labels`` works too."""
 
-    def loss_fn(model, batch):
+    def prepare(batch):
         x0, labels = (batch["image"], batch["labels"]) if isinstance(batch, dict) else batch
-        if x0.dtype == torch.uint8:
-            x0 = x0.float() / 127.5 - 1
-        t = torch.randint(0, gd.num_timesteps, (x0.shape[0],), device=x0.device)
-        losses = gd.training_losses(model, x0, t, model_kwargs={"labels": drop_labels(labels, label_drop)})
-        return {"loss": losses["loss"].mean(), "mse": losses["mse"].mean(), "vb_bpd": losses["vb"].mean()}
+        return x0, {"labels": drop_labels(labels, label_drop)}
 
-    return loss_fn
+    return diffusion_loss(gd, prepare)
 
 
 def sample_images(
@@ -124,31 +120,17 @@ def sample_images(
     :param seed: fixes the starting noise and every step's noise.
     :return: (N, 3, H, W) images in [-1, 1].
     """
-    if sampler not in ("ddim", "ddpm"):
-        raise ValueError(f"unknown sampler {sampler!r}; choose 'ddim' or 'ddpm'")
     labels = torch.as_tensor(labels, dtype=torch.long)
     if labels.ndim == 1:
         labels = labels[None]
-    device = next(model.parameters()).device
-    labels = labels.to(device)
+    labels = labels.to(next(model.parameters()).device)
     size = model.unet.config.image_size
-    spaced = gd if steps == gd.num_timesteps else gd.respace(space_timesteps(gd.num_timesteps, [steps]))
     net = GuidedModel(
         model, {"labels": labels}, {"labels": torch.full_like(labels, UNSPECIFIED)}, guidance_scale,
         mean_channels=3 if gd.learned_variance else None,
     )  # fmt: skip
-    shape = (labels.shape[0], 3, size, size)
-    generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        if sampler == "ddim":
-            out = spaced.ddim_sample_loop(net, shape, eta=eta, generator=generator, device=device, progress=progress)
-        else:
-            out = spaced.p_sample_loop(net, shape, generator=generator, device=device, progress=progress)
-    finally:
-        model.train(was_training)
-    return out.clamp(-1, 1)
+    return sample(net, gd, (labels.shape[0], 3, size, size), sampler=sampler, steps=steps, eta=eta, seed=seed,
+                  progress=progress, desc="attribute model")  # fmt: skip
 
 
 def train_image_model(
@@ -174,7 +156,7 @@ def train_image_model(
     config = config or ImageModelConfig()
     set_seed(seed)
     cat = ProductCatalogue(n_train, split="train", seed=0, resolution=config.unet["image_size"], progress=progress)
-    model, gd = AttributeUNet(config), config.diffusion()
+    model, gd = AttributeUNet(config), config.diffusion.build()
     preview = cat.labels[:16].clone()
 
     def sample_fn(ema_model, step):
@@ -213,5 +195,5 @@ def load_image_model(path=None, device="cpu") -> tuple[AttributeUNet, GaussianDi
 
     how = "train one with dalle2_edu.image_model.train_image_model(...) and save it with save_image_model(model, path)"
     model = load_model(default_image_model_path() if path is None else path, "image_model",
-                       lambda cfg: AttributeUNet(ImageModelConfig(**cfg)), how, device)  # fmt: skip
-    return model, model.config.diffusion()
+                       lambda cfg: AttributeUNet(ImageModelConfig.from_dict(cfg)), how, device)  # fmt: skip
+    return model, model.config.diffusion.build()

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle2_edu.diffusion import GaussianDiffusion, diffusion_from_config
-from dalle2_edu.guidance import GuidedModel
+from dalle2_edu.diffusion import GaussianDiffusion, diffusion_loss, sample
+from dalle2_edu.diffusion.config import DiffusionConfig, coerce_diffusion, diffusion_field, lift_legacy_fields
+from dalle2_edu.diffusion.guidance import GuidedModel
 from dalle2_edu.nets.prior_transformer import PriorTransformer, PriorTransformerConfig
-from dalle2_edu.schedules import space_timesteps
 
 EMBEDDING_KEYS = ("image_emb", "text_emb", "text_tokens", "text_mask")
 
@@ -61,25 +61,19 @@ class PriorConfig:
     :param token_dim: w, the width of CLIP's caption tokens, or ``None`` for a prior conditioned on the text
         embedding alone.
     :param transformer: the remaining :class:`PriorTransformerConfig` fields (width, layers, heads, ...).
-    :param num_timesteps: T of the diffusion.
-    :param schedule: ``"cosine"`` or ``"linear"``.
-    :param mean_type: what the network predicts; DALL·E 2's prior predicts ``"x0"``.
-    :param var_type: reverse-process variance (only the DDPM sampler uses it).
-    :param loss_type: ``"simple"``: the MSE between prediction and target (with x0: ‖x̂_0 - x_0‖²).
+    :param diffusion: the process over embeddings: DALL·E 2's prior predicts ``"x0"`` with the ``"simple"`` loss
+        (the MSE ‖x̂_0 - x_0‖²), on ``"continuous"`` data (no pixel clipping, a Gaussian decoder term).
     :param cond_drop: probability of dropping a row's text during training (classifier-free guidance).
     """
 
     embed_dim: int = 64
     token_dim: int | None = 128
     transformer: dict = field(default_factory=default_transformer)
-    num_timesteps: int = 1000
-    schedule: str = "cosine"
-    mean_type: str = "x0"
-    var_type: str = "fixed_small"
-    loss_type: str = "simple"
+    diffusion: DiffusionConfig = diffusion_field(mean_type="x0", data_type="continuous")
     cond_drop: float = 0.1
 
     def __post_init__(self):
+        coerce_diffusion(self)
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"cond_drop must be in [0, 1), got {self.cond_drop}")
         self.transformer_config()  # validate early
@@ -92,15 +86,12 @@ class PriorConfig:
             {**self.transformer, "embed_dim": self.embed_dim, "token_dim": self.token_dim}
         )
 
-    def diffusion(self) -> GaussianDiffusion:
-        """The GaussianDiffusion over embeddings (``data_type="continuous"``: no pixel clipping, Gaussian decoder)."""
-        return diffusion_from_config(self, "continuous")
-
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> PriorConfig:
+        d = lift_legacy_fields(d)
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
@@ -205,18 +196,14 @@ def prior_loss_fn(gd: GaussianDiffusion, cond_drop: float):
     if not 0.0 <= cond_drop < 1.0:
         raise ValueError(f"cond_drop must be in [0, 1), got {cond_drop}")
 
-    def loss_fn(model, batch):
+    def prepare(batch):
         x0, text_emb, tokens, mask = _as_embedding_tuple(batch)
-        x0 = x0.float()
-        B = x0.shape[0]
-        t = torch.randint(0, gd.num_timesteps, (B,), device=x0.device)
-        drop = torch.rand(B, device=x0.device) < cond_drop
+        drop = torch.rand(x0.shape[0], device=x0.device) < cond_drop
         kwargs = {"text_emb": text_emb.float(), "text_tokens": None if tokens is None else tokens.float(),
                   "text_mask": mask, "drop_text": drop}  # fmt: skip
-        losses = gd.training_losses(model, x0, t, model_kwargs=kwargs)
-        return {"loss": losses["loss"].mean(), "mse": losses["mse"].mean()}
+        return x0.float(), kwargs
 
-    return loss_fn
+    return diffusion_loss(gd, prepare)
 
 
 # ------------------------------------------------------------------------------------------------------ sampling
@@ -263,7 +250,7 @@ def sample_prior(
     """Generate one CLIP image embedding per caption: n candidates each, by DDIM, keeping the best (:func:`best_of_n`).
 
     :param prior: a trained :class:`DiffusionPrior` (use the EMA weights).
-    :param gd: its diffusion (``config.diffusion()``); respaced here to ``steps`` steps.
+    :param gd: its diffusion (``config.diffusion.build()``); respaced here to ``steps`` steps.
     :param text_emb: (B, d) CLIP text embeddings at the √d scale.
     :param text_tokens: (B, L, w) caption tokens, or None. :param text_mask: (B, L) bool, True for real tokens.
     :param n_candidates: samples drawn per caption (in one batch of B·n); 1 turns best-of-n off.
@@ -278,8 +265,6 @@ def sample_prior(
     """
     if int(n_candidates) != n_candidates or n_candidates < 1:
         raise ValueError(f"n_candidates must be an integer >= 1, got {n_candidates}")
-    if not 1 <= steps <= gd.num_timesteps:
-        raise ValueError(f"steps must lie in [1, {gd.num_timesteps}], got {steps}")
     text_emb = torch.as_tensor(text_emb)
     if text_emb.ndim == 1:
         text_emb = text_emb[None]
@@ -304,17 +289,9 @@ def sample_prior(
     cond = {k: v for k, v in cond.items() if v is not None}
     keep = torch.zeros(B * n, dtype=torch.bool, device=device)
     net = GuidedModel(prior, {**cond, "drop_text": keep}, {**cond, "drop_text": ~keep}, guidance_scale)
-    spaced = gd if steps == gd.num_timesteps else gd.respace(space_timesteps(gd.num_timesteps, [steps]))
     denoised_fn = (lambda x0: to_sphere(x0, radius)) if renorm_x0 else None
-    was_training = prior.training
-    prior.eval()
-    try:
-        out = spaced.ddim_sample_loop(
-            net, (B * n, d), eta=eta, clip_denoised=False, denoised_fn=denoised_fn,
-            generator=torch.Generator().manual_seed(seed), device=device, progress=progress,
-        )  # fmt: skip
-    finally:
-        prior.train(was_training)
+    out = sample(net, gd, (B * n, d), steps=steps, eta=eta, seed=seed, clip_denoised=False, denoised_fn=denoised_fn,
+                 clamp=False, progress=progress, desc="prior")  # fmt: skip
     candidates = to_sphere(out, radius).view(B, n, d)
     best, _ = best_of_n(candidates, text_emb.to(device))
     return (best, candidates) if return_candidates else best
@@ -501,7 +478,7 @@ def train_prior(
             "set token_dim to match (or drop text_tokens from the dict and use token_dim=None)"
         )
     set_seed(seed)
-    model, gd = DiffusionPrior(config), config.diffusion()
+    model, gd = DiffusionPrior(config), config.diffusion.build()
     kwargs = dict(warmup_steps=min(200, max(1, steps // 10)), ema_decay=0.999, ckpt_every=500 if out_dir else None)
     kwargs.update(trainer_kwargs)
     trainer = Trainer(
@@ -542,7 +519,7 @@ def load_prior(path=None, device="cpu") -> tuple[DiffusionPrior, GaussianDiffusi
            "save_prior(trainer.ema_model, path))")  # fmt: skip
     model = load_model(default_prior_path() if path is None else path, "prior",
                        lambda cfg: DiffusionPrior(PriorConfig.from_dict(cfg)), how, device)  # fmt: skip
-    return model, model.config.diffusion()
+    return model, model.config.diffusion.build()
 
 
 # ------------------------------------------------------------------------------------------------------ script

@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from dalle2_edu.datasets.toys import GaussianMixture2D, toy_dataset
-from dalle2_edu.diffusion import GaussianDiffusion, diffusion_from_config
+from dalle2_edu.diffusion import GaussianDiffusion, diffusion_loss
+from dalle2_edu.diffusion.config import DiffusionConfig, coerce_diffusion, diffusion_field
+from dalle2_edu.diffusion.resample import make_sampler
 from dalle2_edu.nets.mlp import MLPDenoiser
-from dalle2_edu.resample import make_sampler
 from dalle2_edu.train import Trainer
 from dalle2_edu.utils import set_seed
 
@@ -29,11 +30,7 @@ class Toy2DConfig:
 
     dataset: str = "mixture"
     n_train: int = 50_000
-    num_timesteps: int = 1000
-    schedule: str = "cosine"
-    mean_type: str = "eps"
-    var_type: str = "learned_range"
-    loss_type: str = "kl"
+    diffusion: DiffusionConfig = diffusion_field(var_type="learned_range", loss_type="kl", data_type="continuous")
     hidden: int = 128
     depth: int = 3
     steps: int = 3000
@@ -44,19 +41,31 @@ class Toy2DConfig:
     t_sampler: str = "loss-second-moment"
     seed: int = 0
 
+    def __post_init__(self):
+        coerce_diffusion(self)
+        for name in ("n_train", "hidden", "depth", "steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Toy2DConfig.{name} must be a whole number >= 1, got {value!r}")
+
 
 def make_diffusion(cfg: Toy2DConfig) -> GaussianDiffusion:
-    return diffusion_from_config(cfg, "continuous")
+    return cfg.diffusion.build()
 
 
 def train_toy2d(cfg: Toy2DConfig | None = None, progress: bool = True, out_dir=None, **overrides):
     """Train an :class:`MLPDenoiser` on a 2D toy set with the project's Trainer.
 
-    :param cfg: the run's settings; keyword ``overrides`` replace single fields (``steps=500``).
+    :param cfg: the run's settings; keyword ``overrides`` replace single fields (``steps=500``), those of the
+        diffusion process included (``loss_type="simple"``, ``num_timesteps=100``).
     :param out_dir: where the Trainer keeps its checkpoint (resumable); ``None`` keeps nothing on disk.
     :return: ``(trainer, diffusion, data)``; sample from ``trainer.ema_model``.
     """
-    cfg = Toy2DConfig(**{**asdict(cfg or Toy2DConfig()), **overrides})
+    from dalle2_edu.diffusion.config import FIELDS
+
+    base = asdict(cfg or Toy2DConfig())  # the diffusion as a dict, coerced back by Toy2DConfig
+    process = {k: overrides.pop(k) for k in list(overrides) if k in FIELDS}  # e.g. loss_type="simple"
+    cfg = Toy2DConfig(**{**base, **overrides, "diffusion": {**base["diffusion"], **process}})
     set_seed(cfg.seed)  # before the network is built, so its initial weights follow the seed too
     gd = make_diffusion(cfg)
     data = toy_dataset(cfg.dataset, cfg.n_train, seed=cfg.seed)
@@ -64,12 +73,7 @@ def train_toy2d(cfg: Toy2DConfig | None = None, progress: bool = True, out_dir=N
 
     sampler = make_sampler(cfg.t_sampler, gd.num_timesteps)
 
-    def loss_fn(net, x0):
-        t, weights = sampler.sample(x0.shape[0], device=x0.device)
-        losses = gd.training_losses(net, x0, t)
-        sampler.update(t, losses["loss"])
-        return {"loss": (weights * losses["loss"]).mean(), "mse": losses["mse"].mean(), "vb_bpd": losses["vb"].mean()}
-
+    loss_fn = diffusion_loss(gd, lambda x0: (x0, None), t_sampler=sampler)
     trainer = Trainer(
         model, loss_fn, data, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
         lr_schedule="cosine", total_steps=cfg.steps, ema_decay=cfg.ema_decay, seed=cfg.seed, device="cpu",

@@ -48,9 +48,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle2_edu.diffusion import GaussianDiffusion, diffusion_from_config
+from dalle2_edu.diffusion import GaussianDiffusion, diffusion_loss, sample
+from dalle2_edu.diffusion.config import DiffusionConfig, coerce_diffusion, diffusion_field, lift_legacy_fields
+from dalle2_edu.images import box_downsample, check_images, describe, to_float
 from dalle2_edu.nets.unet import UNet, UNetConfig
-from dalle2_edu.schedules import space_timesteps
 
 TRAIN_COMMAND = "OMP_NUM_THREADS=1 nice -n 10 python -m dalle2_edu.upsampler"
 """The shell command that trains, evaluates and saves the shipped upsampler (run from the repository root)."""
@@ -80,11 +81,8 @@ class UpsamplerConfig:
         ``low_res_channels`` must be 3. ``learned_sigma`` is set from ``var_type``.
     :param mid_attention: keep the UNet's middle attention block; False (DALL·E 2's choice for upsamplers) replaces
         it by the identity, so that the network is purely convolutional and crops train it for every size.
-    :param num_timesteps: T of the diffusion process.
-    :param schedule: ``"cosine"`` or ``"linear"``.
-    :param mean_type: what the UNet predicts: ``"v"`` (default, see the module docstring), ``"eps"`` or ``"x0"``.
-    :param var_type: reverse variance, see :class:`~dalle2_edu.diffusion.GaussianDiffusion`.
-    :param loss_type: ``"simple"`` (MSE), ``"hybrid"`` or ``"kl"``.
+    :param diffusion: the process; the UNet predicts ``"v"`` by default (see the module docstring) with the
+        ``"simple"`` loss (MSE) and the fixed variance β̃.
     :param blur_sigma: (low, high): the Gaussian blur's σ in low-resolution pixels is drawn uniformly from this range.
     :param blur_prob: probability that a training example's conditioning picture is blurred.
     :param crop_size: train on random crops of this side (pixels of the high-resolution picture); None trains on
@@ -93,16 +91,13 @@ class UpsamplerConfig:
 
     unet: dict = field(default_factory=default_unet)
     mid_attention: bool = False
-    num_timesteps: int = 1000
-    schedule: str = "cosine"
-    mean_type: str = "v"
-    var_type: str = "fixed_small"
-    loss_type: str = "simple"
+    diffusion: DiffusionConfig = diffusion_field(mean_type="v")
     blur_sigma: tuple[float, float] = (0.4, 0.6)
     blur_prob: float = 0.5
     crop_size: int | None = 32
 
     def __post_init__(self):
+        coerce_diffusion(self)
         self.blur_sigma = tuple(float(s) for s in self.blur_sigma)
         _check_sigma_range(self.blur_sigma)
         _check_probability(self.blur_prob)
@@ -121,7 +116,7 @@ class UpsamplerConfig:
                 )
 
     def unet_config(self) -> UNetConfig:
-        return UNetConfig.from_dict({**self.unet, "learned_sigma": self.var_type == "learned_range"})
+        return UNetConfig.from_dict({**self.unet, "learned_sigma": self.diffusion.learned_sigma})
 
     @property
     def image_size(self) -> int:
@@ -133,13 +128,14 @@ class UpsamplerConfig:
         """Side of the conditioning pictures (32): half of :attr:`image_size`."""
         return self.image_size // 2
 
-    def diffusion(self) -> GaussianDiffusion:
-        return diffusion_from_config(self, "image")
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["blur_sigma"] = list(self.blur_sigma)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UpsamplerConfig:
+        return cls(**lift_legacy_fields(d))
 
 
 class _NoAttention(nn.Module):
@@ -172,7 +168,7 @@ class Upsampler(nn.Module):
         :return: (B, 3, H, W) prediction, (B, 6, H, W) with a learned variance.
         """
         if not torch.is_tensor(low_res) or low_res.ndim != 4:
-            raise ValueError(f"low_res must be a tensor of shape (B, 3, h, w), got {_describe(low_res)}")
+            raise ValueError(f"low_res must be a tensor of shape (B, 3, h, w), got {describe(low_res)}")
         if x_t.ndim == 4 and low_res.shape[0] == x_t.shape[0]:
             H, W = x_t.shape[-2:]
             if tuple(low_res.shape[-2:]) not in ((H // 2, W // 2), (H, W)):
@@ -188,22 +184,9 @@ class Upsampler(nn.Module):
 
 
 def downsample2x(images: torch.Tensor) -> torch.Tensor:
-    """Halve pictures (B, C, H, W) by averaging 2×2 blocks, the catalogue's own box filter.
-
-    :param images: uint8 in 0..255 (rounded exactly like :func:`dalle2_edu.datasets.catalogue.downsample`: halves
-        round up), or float (averaged, not rounded). H and W must be even.
-    :return: (B, C, H/2, W/2) of the input's dtype.
-    """
-    if not torch.is_tensor(images) or images.ndim != 4:
-        raise ValueError(f"images must be a tensor of shape (B, C, H, W), got {_describe(images)}")
-    if images.shape[-1] % 2 or images.shape[-2] % 2:
-        raise ValueError(f"H and W must be even to halve them, got {tuple(images.shape[-2:])}")
-    if images.dtype == torch.uint8:
-        total = F.avg_pool2d(images.float(), 2) * 4  # the sum of each 2x2 block, exact in float32
-        return torch.div(total + 2, 4, rounding_mode="floor").to(torch.uint8)  # (total + 2) // 4
-    if not images.is_floating_point():
-        raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
-    return F.avg_pool2d(images, 2)
+    """Halve pictures (B, C, H, W) by averaging 2×2 blocks, the catalogue's own box filter
+    (:func:`dalle2_edu.images.box_downsample`; uint8 halves round up, float is averaged)."""
+    return box_downsample(images, 2)
 
 
 def gaussian_kernel1d(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -239,7 +222,7 @@ def gaussian_blur(images: torch.Tensor, sigma, kernel_size: int | None = None) -
     :return: (B, C, H, W).
     """
     if not torch.is_tensor(images) or images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor of shape (B, C, H, W), got {_describe(images)}")
+        raise ValueError(f"images must be a float tensor of shape (B, C, H, W), got {describe(images)}")
     B, C, H, W = images.shape
     sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
     if sigma.numel() not in (1, B):
@@ -279,7 +262,7 @@ def blur_augment(
     :return: (B, 3, h, w), a new tensor.
     """
     if not torch.is_tensor(low_res) or low_res.ndim != 4 or not low_res.is_floating_point():
-        raise ValueError(f"low_res must be a float tensor of shape (B, C, h, w), got {_describe(low_res)}")
+        raise ValueError(f"low_res must be a float tensor of shape (B, C, h, w), got {describe(low_res)}")
     lo, hi = _check_sigma_range(sigma_range)
     _check_probability(p)
     B = low_res.shape[0]
@@ -311,9 +294,7 @@ def paired_random_crop(
     return xs, cs
 
 
-def to_float_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 → float [-1, 1]; float passes through."""
-    return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images
+to_float_images = to_float  # the name earlier code used; the convention lives in dalle2_edu.images
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -329,19 +310,17 @@ def upsampler_loss_fn(gd: GaussianDiffusion, config: UpsamplerConfig):
     Random numbers come from torch's global generator, which the Trainer seeds and checkpoints.
     """
 
-    def loss_fn(model, batch):
+    def prepare(batch):
         images = batch["image"] if isinstance(batch, dict) else batch[0] if isinstance(batch, tuple | list) else batch
-        x0 = to_float_images(images)  # (B, 3, 64, 64)
-        low = to_float_images(downsample2x(images))  # (B, 3, 32, 32), rounded like the catalogue's when uint8
+        x0 = to_float(images)  # (B, 3, 64, 64)
+        low = to_float(downsample2x(images))  # (B, 3, 32, 32), rounded like the catalogue's when uint8
         low = blur_augment(low, config.blur_sigma, config.blur_prob)
         cond = F.interpolate(low, size=x0.shape[-2:], mode="bilinear", align_corners=False)  # (B, 3, 64, 64)
         if config.crop_size is not None and config.crop_size < min(x0.shape[-2:]):
             x0, cond = paired_random_crop(x0, cond, config.crop_size)  # (B, 3, crop, crop) each
-        t = torch.randint(0, gd.num_timesteps, (x0.shape[0],), device=x0.device)
-        losses = gd.training_losses(model, x0, t, model_kwargs={"low_res": cond})
-        return {"loss": losses["loss"].mean(), "mse": losses["mse"].mean()}
+        return x0, {"low_res": cond}
 
-    return loss_fn
+    return diffusion_loss(gd, prepare)
 
 
 def train_upsampler(
@@ -370,7 +349,7 @@ def train_upsampler(
     config = config or UpsamplerConfig()
     set_seed(seed)
     cat = ProductCatalogue(n_train, split="train", seed=0, resolution=config.image_size, progress=progress)
-    model, gd = Upsampler(config), config.diffusion()
+    model, gd = Upsampler(config), config.diffusion.build()
     trainer = Trainer(
         model, upsampler_loss_fn(gd, config), cat.images, batch_size=batch_size, lr=lr, warmup_steps=min(200, steps),
         ema_decay=0.999, seed=seed, out_dir=out_dir, ckpt_every=250 if out_dir else None,
@@ -385,29 +364,12 @@ def train_upsampler(
 
 
 def check_low_res(low_res) -> torch.Tensor:
-    """Validate a conditioning batch and bring it to float [-1, 1].
+    """Validate a conditioning batch and bring it to float [-1, 1] (:func:`dalle2_edu.images.check_images`).
 
     :param low_res: (B, 3, h, w) uint8 in 0..255, or float in [-1, 1]; a single (3, h, w) picture is made a batch.
     :return: (B, 3, h, w) float32.
     """
-    if not torch.is_tensor(low_res):
-        raise ValueError(f"low_res must be a torch tensor (B, 3, 32, 32), got {_describe(low_res)}")
-    if low_res.ndim == 3:
-        low_res = low_res[None]
-    if low_res.ndim != 4 or low_res.shape[1] != 3 or low_res.shape[0] == 0:
-        raise ValueError(f"low_res must have shape (B, 3, 32, 32) (RGB, channels first), got {_describe(low_res)}")
-    if low_res.dtype == torch.uint8:
-        return low_res.float() / 127.5 - 1
-    if not low_res.is_floating_point():
-        raise ValueError(f"low_res must be uint8 (0..255) or float in [-1, 1], got dtype {low_res.dtype}")
-    low_res = low_res.float()
-    if not torch.isfinite(low_res).all():
-        raise ValueError("low_res holds NaN or inf values")
-    lo, hi = low_res.min().item(), low_res.max().item()
-    if lo < -1.001 or hi > 1.001:
-        hint = " (it looks like 0..255: divide by 127.5 and subtract 1, or pass uint8)" if hi > 2 else ""
-        raise ValueError(f"float low_res must lie in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]{hint}")
-    return low_res.clamp(-1, 1)
+    return check_images(low_res, name="low_res", allow_single=True, shape="(B, 3, 32, 32)")
 
 
 @torch.no_grad()
@@ -430,31 +392,14 @@ def upsample(
     :param seed: fixes the starting noise and every step's noise.
     :return: (B, 3, 2h, 2w) float in [-1, 1], on the model's device.
     """
-    if sampler not in ("ddim", "ddpm"):
-        raise ValueError(f"unknown sampler {sampler!r}; choose 'ddim' or 'ddpm'")
     low = check_low_res(low_res)
     B, _, h, w = low.shape
     m = model.unet.config.size_multiple
     if (2 * h) % m or (2 * w) % m:
         raise ValueError(f"low_res is {h}x{w}; twice that must be divisible by {m} (this UNet's size multiple)")
-    if not isinstance(steps, int) or not 1 <= steps <= gd.num_timesteps:
-        raise ValueError(f"steps must be an int in [1, {gd.num_timesteps}], got {steps!r}")
-    device = next(model.parameters()).device
-    low = low.to(device)
-    spaced = gd if steps == gd.num_timesteps else gd.respace(space_timesteps(gd.num_timesteps, [steps]))
-    generator = torch.Generator().manual_seed(seed)
-    shape = (B, 3, 2 * h, 2 * w)
-    kwargs = dict(model_kwargs={"low_res": low}, generator=generator, device=device, progress=progress)
-    was_training = model.training
-    model.eval()
-    try:
-        if sampler == "ddim":
-            out = spaced.ddim_sample_loop(model, shape, eta=eta, **kwargs)
-        else:
-            out = spaced.p_sample_loop(model, shape, **kwargs)
-    finally:
-        model.train(was_training)
-    return out.clamp(-1, 1)
+    low = low.to(next(model.parameters()).device)
+    return sample(model, gd, (B, 3, 2 * h, 2 * w), sampler=sampler, steps=steps, eta=eta, seed=seed,
+                  model_kwargs={"low_res": low}, progress=progress, desc=f"upsampler {2 * h}x{2 * w}")
 
 
 def interpolate_upsample(low_res: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
@@ -584,18 +529,12 @@ def load_upsampler(path=None, device="cpu") -> tuple[Upsampler, GaussianDiffusio
     how = (f"train one with `{TRAIN_COMMAND}` (or dalle2_edu.upsampler.train_upsampler) and save it with "
            "save_upsampler(trainer.ema_model, path)")  # fmt: skip
     model = load_model(default_upsampler_path() if path is None else path, "upsampler",
-                       lambda cfg: Upsampler(UpsamplerConfig(**cfg)), how, device)  # fmt: skip
-    return model, model.config.diffusion()
+                       lambda cfg: Upsampler(UpsamplerConfig.from_dict(cfg)), how, device)  # fmt: skip
+    return model, model.config.diffusion.build()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # helpers
-
-
-def _describe(x) -> str:
-    if torch.is_tensor(x):
-        return f"{x.dtype} tensor of shape {tuple(x.shape)}"
-    return type(x).__name__
 
 
 def _check_sigma_range(sigma_range) -> tuple[float, float]:
@@ -638,7 +577,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
 
-    config = UpsamplerConfig(crop_size=args.crop_size or None, mean_type=args.mean_type)
+    config = UpsamplerConfig(crop_size=args.crop_size or None, diffusion={"mean_type": args.mean_type})
     start = time.time()
     trainer, gd = train_upsampler(
         config, steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_train=args.n_train, seed=args.seed,

@@ -151,7 +151,7 @@ class DenoisingExplorer:
     @classmethod
     def for_points(cls, gd, model: Callable, n: int = 500, steps: int | None = None, seed: int = 0, **kwargs):
         """Ancestral sampling of ``n`` 2D points with ``model`` (optionally respaced to ``steps``), all kept."""
-        from dalle2_edu.schedules import space_timesteps
+        from dalle2_edu.diffusion.schedules import space_timesteps
 
         spaced = (
             gd if steps is None or steps == gd.num_timesteps else gd.respace(space_timesteps(gd.num_timesteps, [steps]))

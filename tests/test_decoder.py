@@ -21,7 +21,7 @@ D = 8
 
 def tiny_config(**kw):
     unet = UNetConfig.tiny(image_size=8).to_dict()
-    return DecoderConfig(unet=unet, clip_dim=D, cond_dim=16, context_dim=16, num_timesteps=20, **kw)
+    return DecoderConfig(unet=unet, clip_dim=D, cond_dim=16, context_dim=16, diffusion={"num_timesteps": 20}, **kw)
 
 
 def inputs(B=3, seed=1):
@@ -95,17 +95,18 @@ def test_bad_inputs_and_config_are_named():
         model(x, t, emb, drop=torch.zeros(2, dtype=torch.bool))
     with pytest.raises(ValueError, match="emb_drop"):
         tiny_config(emb_drop=1.0)
-    with pytest.raises(ValueError, match="steps must be an int"):
-        sample_decoder(model, model.config.diffusion(), emb, steps=0)
+    with pytest.raises(ValueError, match="steps must be a whole number"):
+        sample_decoder(model, model.config.diffusion.build(), emb, steps=0)
     with pytest.raises(ValueError, match="noise must have shape"):
-        sample_decoder(model, model.config.diffusion(), emb, steps=2, noise=torch.randn(1, 3, 8, 8))
+        sample_decoder(model, model.config.diffusion.build(), emb, steps=2, noise=torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="sampler"):
-        sample_decoder(model, model.config.diffusion(), emb, sampler="euler")
+        sample_decoder(model, model.config.diffusion.build(), emb, sampler="euler")
 
 
 def test_warm_start_copies_every_matching_unet_weight():
     cfg = tiny_config()
-    image_model = perturbed(AttributeUNet(ImageModelConfig(unet=cfg.unet, cond_dim=16, num_timesteps=20)))
+    image_config = ImageModelConfig(unet=cfg.unet, cond_dim=16, diffusion={"num_timesteps": 20})
+    image_model = perturbed(AttributeUNet(image_config))
     decoder = CLIPDecoder(cfg)
     copied = init_from_image_model(decoder, image_model)
     target = decoder.unet.state_dict()
@@ -132,7 +133,7 @@ def test_warm_start_from_a_decoder_copies_everything_and_pretrain_rejects_unknow
 
 def test_sampling_is_seeded_and_starts_from_the_given_noise():
     model = perturbed(CLIPDecoder(tiny_config()))
-    gd = model.config.diffusion()
+    gd = model.config.diffusion.build()
     _, _, emb = inputs()
     a = sample_decoder(model, gd, emb, steps=4, seed=3)
     assert a.shape == (3, 3, 8, 8) and a.abs().max() <= 1
@@ -150,7 +151,7 @@ def test_loss_fn_and_a_short_training_run(tmp_path):
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8, generator=gen)
     emb = torch.randn(16, D, generator=gen)
-    loss = decoder_loss_fn(cfg.diffusion(), cfg)(CLIPDecoder(cfg), (images[:4], emb[:4]))
+    loss = decoder_loss_fn(cfg.diffusion.build(), cfg)(CLIPDecoder(cfg), (images[:4], emb[:4]))
     assert set(loss) == {"loss", "mse", "vb_bpd"} and torch.isfinite(loss["loss"])
     trainer, _ = train_decoder(images, emb, cfg, steps=3, batch_size=4, seed=0, progress=False)
     assert len(trainer.history["loss"]) >= 1
@@ -167,7 +168,7 @@ def test_save_load_round_trip_and_errors(tmp_path):
     x, t, emb = inputs()
     with torch.no_grad():
         assert torch.allclose(loaded(x, t, emb), model(x, t, emb), atol=2e-2)
-    with pytest.raises(FileNotFoundError, match="pretrain"):
+    with pytest.raises(FileNotFoundError, match="train decoder"):
         load_decoder(tmp_path / "missing.safetensors")
     from dalle2_edu.checkpoint import save_weights
 

@@ -11,7 +11,7 @@ diffusers = pytest.importorskip("diffusers")
 from diffusers import DDIMScheduler, DDPMScheduler  # noqa: E402
 
 from dalle2_edu.diffusion import GaussianDiffusion  # noqa: E402
-from dalle2_edu.schedules import cosine_betas, linear_betas, space_timesteps  # noqa: E402
+from dalle2_edu.diffusion.schedules import cosine_betas, linear_betas, space_timesteps  # noqa: E402
 
 PRED = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 SHAPE = (3, 2, 4, 4)

@@ -5,7 +5,7 @@ import torch
 from oracles import GaussianOracle
 
 from dalle2_edu.diffusion import GaussianDiffusion
-from dalle2_edu.schedules import cosine_betas, linear_betas, space_timesteps
+from dalle2_edu.diffusion.schedules import cosine_betas, linear_betas, space_timesteps
 
 D64 = torch.float64
 

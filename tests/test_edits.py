@@ -14,9 +14,9 @@ from PIL import Image
 from tiny_unclip import PROMPTS, D, write_tiny_checkpoints
 
 from dalle2_edu.diffusion import GaussianDiffusion
+from dalle2_edu.diffusion.schedules import cosine_betas
 from dalle2_edu.edits import fit_size, images_to_tensor, mask_to_size, mask_to_tensor, repaint, slerp
 from dalle2_edu.pipeline import UnCLIP
-from dalle2_edu.schedules import cosine_betas
 
 
 @pytest.fixture(scope="module")

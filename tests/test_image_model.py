@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dalle2_edu.guidance import GuidedModel
+from dalle2_edu.diffusion.guidance import GuidedModel
 from dalle2_edu.image_model import (
     UNSPECIFIED,
     AttributeUNet,
@@ -15,7 +15,7 @@ from dalle2_edu.nets.unet import UNetConfig
 
 def tiny_config(**kw):
     unet = UNetConfig.tiny(image_size=8).to_dict()
-    return ImageModelConfig(unet=unet, cond_dim=16, num_timesteps=20, **kw)
+    return ImageModelConfig(unet=unet, cond_dim=16, diffusion={"num_timesteps": 20}, **kw)
 
 
 def perturbed(model):
@@ -65,7 +65,7 @@ def test_drop_labels_rates_whole_sets_and_single_attributes():
 
 def test_loss_and_seeded_sampling():
     cfg = tiny_config()
-    model, gd = perturbed(AttributeUNet(cfg)), cfg.diffusion()
+    model, gd = perturbed(AttributeUNet(cfg)), cfg.diffusion.build()
     batch = {"image": torch.rand(4, 3, 8, 8) * 2 - 1, "labels": torch.tensor([[0, 1, 2, 0]] * 4)}
     out = image_loss_fn(gd, 0.1)(model, batch)
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])

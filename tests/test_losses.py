@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from dalle2_edu.losses import (
+from dalle2_edu.diffusion.losses import (
     approx_standard_normal_cdf,
     discretized_gaussian_log_likelihood,
     gaussian_log_likelihood,

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle2_edu.checkpoint import save_weights
+from dalle2_edu.diffusion.schedules import space_timesteps
 from dalle2_edu.nets.prior_transformer import PriorTransformer, PriorTransformerConfig, prior_attention_mask
 from dalle2_edu.prior import (
     DiffusionPrior,
@@ -23,7 +24,6 @@ from dalle2_edu.prior import (
     to_sphere,
     train_prior,
 )
-from dalle2_edu.schedules import space_timesteps
 
 D, W, L = 8, 6, 5  # embedding size, token width, caption tokens
 
@@ -35,7 +35,7 @@ def tiny_net(**kw) -> PriorTransformer:
 
 def tiny_prior(token_dim=W, T=20) -> DiffusionPrior:
     cfg = PriorConfig(
-        embed_dim=D, token_dim=token_dim, num_timesteps=T,
+        embed_dim=D, token_dim=token_dim, diffusion={"num_timesteps": T},
         transformer=dict(width=16, num_layers=2, num_heads=2, max_text_tokens=8),
     )  # fmt: skip
     prior = DiffusionPrior(cfg).eval()
@@ -143,7 +143,7 @@ def test_dropped_rows_ignore_the_text_and_other_rows_do_not():
 
 def test_loss_fn_takes_dicts_and_tuples_and_drops_text_at_the_asked_rate():
     prior, B = tiny_prior(), 64
-    gd = prior.config.diffusion()
+    gd = prior.config.diffusion.build()
     x0 = to_sphere(torch.randn(B, D), math.sqrt(D))
     text, tokens, mask = torch.randn(B, D), torch.randn(B, L, W), torch.ones(B, L, dtype=torch.bool)
     fn = prior_loss_fn(gd, 0.1)
@@ -166,7 +166,7 @@ def test_loss_fn_takes_dicts_and_tuples_and_drops_text_at_the_asked_rate():
 # ------------------------------------------------------------------------------------------------ sampling
 def manual_ddim(prior, text, tokens, mask, drop, steps, seed):
     """The sampler written out by hand: DDIM (η = 0) from the same seeded noise, then onto the sphere."""
-    gd = prior.config.diffusion().respace(space_timesteps(prior.config.num_timesteps, [steps]))
+    gd = prior.config.diffusion.build().respace(space_timesteps(prior.config.diffusion.num_timesteps, [steps]))
     drop_text = torch.full((text.shape[0],), drop)
     model = lambda x, t: prior(x, t, text, tokens, mask, drop_text=drop_text)
     out = gd.ddim_sample_loop(model, (text.shape[0], D), generator=torch.Generator().manual_seed(seed),
@@ -176,7 +176,7 @@ def manual_ddim(prior, text, tokens, mask, drop, steps, seed):
 
 def test_guidance_scale_0_is_unconditional_1_is_conditional_and_s_extrapolates():
     prior = tiny_prior()
-    gd = prior.config.diffusion()
+    gd = prior.config.diffusion.build()
     _, _, text, tokens, mask = inputs()
     kw = dict(n_candidates=1, steps=5, seed=3)
     uncond = sample_prior(prior, gd, text, tokens, mask, guidance_scale=0.0, **kw)
@@ -202,7 +202,7 @@ def test_best_of_n_keeps_the_candidate_closest_to_the_text():
     # inside the sampler: each row's pick is the candidate with the largest cosine to its own text
     prior = tiny_prior()
     _, _, text, tokens, mask = inputs()
-    out, cands = sample_prior(prior, prior.config.diffusion(), text, tokens, mask, n_candidates=4, steps=4,
+    out, cands = sample_prior(prior, prior.config.diffusion.build(), text, tokens, mask, n_candidates=4, steps=4,
                               return_candidates=True)  # fmt: skip
     assert cands.shape == (3, 4, D)
     cos = F.cosine_similarity(cands, text[:, None], dim=-1)
@@ -215,7 +215,7 @@ def test_best_of_n_keeps_the_candidate_closest_to_the_text():
 
 def test_sampling_is_seeded():
     prior = tiny_prior()
-    gd = prior.config.diffusion()
+    gd = prior.config.diffusion.build()
     _, _, text, tokens, mask = inputs()
     kw = dict(steps=6, guidance_scale=2.0, eta=1.0)
     a = sample_prior(prior, gd, text, tokens, mask, seed=1, **kw)
@@ -227,7 +227,7 @@ def test_sampling_is_seeded():
 
 def test_sampler_rejects_bad_input():
     prior = tiny_prior()
-    gd = prior.config.diffusion()
+    gd = prior.config.diffusion.build()
     _, _, text, tokens, mask = inputs()
     with pytest.raises(ValueError, match="n_candidates must be an integer >= 1"):
         sample_prior(prior, gd, text, n_candidates=0)
@@ -235,7 +235,7 @@ def test_sampler_rejects_bad_input():
         sample_prior(prior, gd, torch.randn(3, 7), steps=4)
     with pytest.raises(ValueError, match=r"text_mask must have shape \(3, 5\)"):
         sample_prior(prior, gd, text, tokens, mask[:, :2], steps=4)
-    with pytest.raises(ValueError, match=r"steps must lie in \[1, 20\]"):
+    with pytest.raises(ValueError, match=r"steps must be a whole number in \[1, 20\]"):
         sample_prior(prior, gd, text, steps=50)
     with pytest.raises(ValueError, match="reads no caption tokens"):
         sample_prior(tiny_prior(token_dim=None), gd, text, tokens, steps=4)
@@ -292,7 +292,7 @@ def synthetic_pairs(n, seed, noise=0.1):
 def test_a_tiny_prior_learns_a_synthetic_text_to_image_map():
     torch.set_num_threads(1)
     text, image = synthetic_pairs(512, seed=0)
-    cfg = PriorConfig(embed_dim=D, token_dim=None, num_timesteps=50,
+    cfg = PriorConfig(embed_dim=D, token_dim=None, diffusion={"num_timesteps": 50},
                       transformer=dict(width=32, num_layers=2, num_heads=2, max_text_tokens=8))  # fmt: skip
     trainer, gd = train_prior({"image_emb": image, "text_emb": text}, cfg, steps=250, batch_size=64, lr=3e-3,
                               progress=False, ema_decay=0.99)  # fmt: skip
@@ -308,8 +308,8 @@ def test_train_prior_reads_d_and_w_from_the_data_and_checks_them():
     image, text = to_sphere(torch.randn(16, D), math.sqrt(D)), torch.randn(16, D)
     emb = {"image_emb": image, "text_emb": text, "text_tokens": torch.randn(16, L, W)}
     small = dict(width=16, num_layers=1, num_heads=2, max_text_tokens=8)
-    trainer, _ = train_prior(emb, PriorConfig(embed_dim=D, token_dim=W, transformer=small, num_timesteps=10),
-                             steps=2, batch_size=4, progress=False)  # fmt: skip
+    cfg = PriorConfig(embed_dim=D, token_dim=W, transformer=small, diffusion={"num_timesteps": 10})
+    trainer, _ = train_prior(emb, cfg, steps=2, batch_size=4, progress=False)  # fmt: skip
     assert trainer.ema_model.config.token_dim == W and trainer.step == 2
     mask = torch.ones(16, L, dtype=torch.bool)
     mask[:, 3:] = False  # the last two columns are padding in every row: trimmed before training

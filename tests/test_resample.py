@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dalle2_edu.resample import LossSecondMomentSampler, UniformSampler, make_sampler
+from dalle2_edu.diffusion.resample import LossSecondMomentSampler, UniformSampler, make_sampler
 
 
 def test_uniform_sampler_is_uniform_with_unit_weights():

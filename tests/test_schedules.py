@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dalle2_edu.schedules import cosine_betas, get_betas, linear_betas, respaced_betas, space_timesteps
+from dalle2_edu.diffusion.schedules import cosine_betas, get_betas, linear_betas, respaced_betas, space_timesteps
 
 
 def test_linear_betas_match_ddpm_and_scale_with_T():

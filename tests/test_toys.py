@@ -84,7 +84,7 @@ def test_exact_mixture_denoiser_matches_the_gaussian_oracle_and_samples_the_mixt
     from oracles import GaussianOracle
 
     from dalle2_edu.diffusion import GaussianDiffusion
-    from dalle2_edu.schedules import cosine_betas, space_timesteps
+    from dalle2_edu.diffusion.schedules import cosine_betas, space_timesteps
 
     betas = cosine_betas(200)
     gd = GaussianDiffusion(betas, data_type="continuous")

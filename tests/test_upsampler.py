@@ -43,7 +43,7 @@ def _one_thread():
 
 def tiny_config(**kw):
     unet = UNetConfig.tiny(image_size=16, attention_resolutions=(), low_res_channels=3).to_dict()
-    return UpsamplerConfig(unet=unet, num_timesteps=20, crop_size=kw.pop("crop_size", 8), **kw)
+    return UpsamplerConfig(unet=unet, diffusion={"num_timesteps": 20}, crop_size=kw.pop("crop_size", 8), **kw)
 
 
 def perturbed(model):
@@ -160,7 +160,7 @@ def test_paired_random_crop_cuts_the_same_window():
 
 def test_loss_decreases_when_overfitting_one_tiny_batch():
     config = tiny_config(crop_size=8)
-    model, gd = Upsampler(config), config.diffusion()
+    model, gd = Upsampler(config), config.diffusion.build()
     images = ProductCatalogue(4, split="test", seed=0, resolution=64, cache_dir=None, progress=False).images
     images = downsample2x(downsample2x(images))  # (4, 3, 16, 16) uint8
     loss_fn = upsampler_loss_fn(gd, config)
@@ -180,7 +180,7 @@ def test_loss_decreases_when_overfitting_one_tiny_batch():
 
 
 def test_upsample_shapes_range_and_seeds(tiny):
-    gd = tiny.config.diffusion()
+    gd = tiny.config.diffusion.build()
     low = torch.rand(2, 3, 8, 8) * 2 - 1
     a = upsample(tiny, gd, low, steps=5, seed=1)
     assert a.shape == (2, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
@@ -194,7 +194,7 @@ def test_upsample_shapes_range_and_seeds(tiny):
 
 
 def test_upsample_rejects_bad_inputs_with_the_fix(tiny):
-    gd = tiny.config.diffusion()
+    gd = tiny.config.diffusion.build()
     with pytest.raises(ValueError, match="0..255"):
         upsample(tiny, gd, torch.rand(1, 3, 8, 8) * 255)
     with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
@@ -262,7 +262,7 @@ def test_save_load_round_trip_in_fp16_and_clear_errors(tmp_path, tiny):
 
 def test_evaluate_and_command_line_entry(tmp_path, monkeypatch, tiny):
     monkeypatch.setenv("DALLE2_EDU_DATA", str(tmp_path / "data"))  # catalogue caches go here, not into data/
-    report = evaluate_upsampler(tiny, tiny.config.diffusion(), n=4, steps=2, batch_size=2)
+    report = evaluate_upsampler(tiny, tiny.config.diffusion.build(), n=4, steps=2, batch_size=2)
     assert report["bilinear"]["psnr_db"] > 15 and report["bilinear"]["sharpness_ratio"] < 1
     assert report["bilinear"]["consistency_psnr_db"] > 30  # bilinear ×2 then 2×2 means nearly returns its input
     assert set(report) >= {"diffusion", "bilinear", "bicubic", "n", "steps"}

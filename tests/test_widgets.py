@@ -6,8 +6,8 @@ from tiny_unclip import PROMPTS, write_tiny_checkpoints
 
 from dalle2_edu.decoder import guided_decoder
 from dalle2_edu.diffusion import GaussianDiffusion
+from dalle2_edu.diffusion.schedules import cosine_betas
 from dalle2_edu.pipeline import UnCLIP
-from dalle2_edu.schedules import cosine_betas
 from dalle2_edu.widgets import DenoisingExplorer, PromptPlayground, pictures_png, png_to_array, recoloured_prompt
 
 
@@ -44,7 +44,7 @@ def test_points_explorer_scrubs_a_stored_trajectory_without_recomputing():
 
 
 def explorer_steps(gd, steps):
-    from dalle2_edu.schedules import space_timesteps
+    from dalle2_edu.diffusion.schedules import space_timesteps
 
     return space_timesteps(gd.num_timesteps, [steps])
 

@@ -28,13 +28,13 @@ def write_tiny_checkpoints(path):
     clip = ProductCLIP(CLIPConfig(embed_dim=D, vision_width=32, vision_layers=1, vision_heads=2, text_width=W,
                                   text_layers=1, text_heads=2, vocab=vocab, words=words))  # fmt: skip
     save_clip(clip, path / CHECKPOINT_FILES["clip"])
-    prior_cfg = PriorConfig(embed_dim=D, token_dim=W, num_timesteps=20,
+    prior_cfg = PriorConfig(embed_dim=D, token_dim=W, diffusion={"num_timesteps": 20},
                             transformer=dict(width=16, num_layers=1, num_heads=2, max_text_tokens=32))  # fmt: skip
     save_prior(perturbed(DiffusionPrior(prior_cfg)), path / CHECKPOINT_FILES["prior"])
     dec_cfg = DecoderConfig(unet=UNetConfig.tiny(image_size=8).to_dict(), clip_dim=D, cond_dim=16, context_dim=16,
-                            num_timesteps=20)  # fmt: skip
+                            diffusion={"num_timesteps": 20})  # fmt: skip
     save_decoder(perturbed(CLIPDecoder(dec_cfg)), path / CHECKPOINT_FILES["decoder"])
     up_unet = UNetConfig.tiny(image_size=16, attention_resolutions=(), low_res_channels=3).to_dict()
-    up_cfg = UpsamplerConfig(unet=up_unet, num_timesteps=20, crop_size=8)
+    up_cfg = UpsamplerConfig(unet=up_unet, diffusion={"num_timesteps": 20}, crop_size=8)
     save_upsampler(perturbed(Upsampler(up_cfg)), path / CHECKPOINT_FILES["upsampler"])
     return path

@@ -66,6 +66,9 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return betas_from_alpha_bar(alpha_bar, num_timesteps, max_beta)
 
 
+SCHEDULES = ("cosine", "linear")
+
+
 def get_betas(name: str, num_timesteps: int) -> torch.Tensor:
     """Look a schedule up by name: ``"linear"`` or ``"cosine"``."""
     table = {"linear": linear_betas, "cosine": cosine_betas}

@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from dalle2_edu.losses import (
+from dalle2_edu.diffusion.losses import (
     discretized_gaussian_log_likelihood,
     gaussian_log_likelihood,
     mean_flat,
     normal_kl,
 )
-from dalle2_edu.schedules import get_betas, respaced_betas
+from dalle2_edu.diffusion.schedules import respaced_betas
 
 MEAN_TYPES = ("eps", "x0", "v")
 VAR_TYPES = ("fixed_small", "fixed_large", "learned_range")
@@ -49,7 +49,7 @@ def _last(steps: Iterator[dict]) -> dict:
 class GaussianDiffusion:
     """A diffusion process over a fixed noise schedule, with its training losses and samplers.
 
-    :param betas: (T,) noise schedule, every β in (0, 1), e.g. :func:`dalle2_edu.schedules.cosine_betas`.
+    :param betas: (T,) noise schedule, every β in (0, 1), e.g. :func:`dalle2_edu.diffusion.schedules.cosine_betas`.
     :param mean_type: what the network predicts — ``"eps"`` (the noise, DDPM), ``"x0"`` (the clean data, as the
         DALL·E 2 prior does) or ``"v"`` (v = √ᾱ ε - √(1-ᾱ) x_0, Salimans & Ho 2022).
     :param var_type: the reverse variance Σ_θ — ``"fixed_small"`` (β̃_t, the posterior variance),
@@ -416,16 +416,18 @@ class GaussianDiffusion:
         generator: torch.Generator | None = None,
         device=None,
         progress: bool = False,
+        desc: str | None = None,
     ) -> Iterator[dict]:
         """Ancestral sampling from x_T ~ N(0, I), yielding ``dict(sample, pred_x0, t)`` after every step.
 
         :param generator: a seeded ``torch.Generator`` makes the whole trajectory reproducible (noise drawn on CPU).
+        :param desc: the progress bar's label (default "DDPM sampling").
         """
 
         def step(x, t, z):
             return self.p_sample(model, x, t, z, clip_denoised, model_kwargs, denoised_fn)
 
-        return self._loop(step, model, shape, noise, generator, device, progress, "DDPM sampling")
+        return self._loop(step, model, shape, noise, generator, device, progress, desc or "DDPM sampling")
 
     def p_sample_loop(self, model: Callable, shape, noise=None, **kwargs) -> torch.Tensor:
         """Ancestral sampling; returns the final x_0. Takes the keywords of :meth:`p_sample_loop_progressive`."""
@@ -443,13 +445,14 @@ class GaussianDiffusion:
         generator: torch.Generator | None = None,
         device=None,
         progress: bool = False,
+        desc: str | None = None,
     ) -> Iterator[dict]:
         """DDIM sampling over this process's steps (respace first for fewer), yielding ``dict(sample, pred_x0, t)``."""
 
         def step(x, t, z):
             return self.ddim_sample(model, x, t, eta, z, clip_denoised, model_kwargs, denoised_fn)
 
-        return self._loop(step, model, shape, noise, generator, device, progress, "DDIM sampling")
+        return self._loop(step, model, shape, noise, generator, device, progress, desc or "DDIM sampling")
 
     def ddim_sample_loop(self, model: Callable, shape, eta: float = 0.0, noise=None, **kwargs) -> torch.Tensor:
         """DDIM sampling; returns the final x_0. Takes the keywords of :meth:`ddim_sample_loop_progressive`."""
@@ -613,16 +616,13 @@ class GaussianDiffusion:
         )
 
 
-def diffusion_from_config(config, data_type: str) -> GaussianDiffusion:
-    """The process a model's config describes, from its ``schedule``, ``num_timesteps``, ``mean_type``, ``var_type``
-    and ``loss_type`` fields (every model config in the project has them).
+def diffusion_from_config(config, data_type: str | None = None) -> GaussianDiffusion:
+    """The process a model's config describes: ``config.diffusion`` (a
+    :class:`~dalle2_edu.diffusion.config.DiffusionConfig`), or a ``DiffusionConfig`` itself.
 
-    :param data_type: ``"image"`` (clip x0 to [-1, 1], discretized decoder) or ``"continuous"`` (vectors, 2D points).
+    :param data_type: overrides the config's ``data_type`` when given.
     """
-    return GaussianDiffusion(
-        get_betas(config.schedule, config.num_timesteps),
-        mean_type=config.mean_type,
-        var_type=config.var_type,
-        loss_type=config.loss_type,
-        data_type=data_type,
-    )
+    dc = getattr(config, "diffusion", config)
+    if data_type is not None:
+        dc = dc.replace(data_type=data_type)
+    return dc.build()

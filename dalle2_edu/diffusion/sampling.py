@@ -1,0 +1,115 @@
+"""The one sampling entry point: every stage, the pipeline, the widgets and the notebooks draw through :func:`sample`.
+
+What used to be written once per stage lives here once: respacing to ``steps``, the seeded noise, the device, the
+network in eval mode (and put back as it was), the DDIM/DDPM switch, the final clamp, and a progress bar that names
+what is being drawn::
+
+    x = sample(model, gd, (4, 3, 32, 32), steps=25, seed=0, desc="decoder 32x32")
+
+A stage adds only what is its own: how it wraps the network (guidance, conditioning) and what it does with the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from dalle2_edu.diffusion.gaussian import GaussianDiffusion, _last
+from dalle2_edu.diffusion.schedules import space_timesteps
+
+SAMPLERS = ("ddim", "ddpm")
+"""``"ddim"``: DDIM with η = ``eta`` (0: deterministic given x_T); ``"ddpm"``: ancestral, with the model's variance."""
+
+
+def respaced(gd: GaussianDiffusion, steps: int) -> GaussianDiffusion:
+    """``gd`` respaced to ``steps`` steps by Improved DDPM's rule (which keeps both t = 0 and t = T - 1)."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= gd.num_timesteps:
+        raise ValueError(f"steps must be a whole number in [1, {gd.num_timesteps}], got {steps!r}")
+    return gd if steps == gd.num_timesteps else gd.respace(space_timesteps(gd.num_timesteps, [steps]))
+
+
+def check_sampler(sampler: str) -> str:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    return sampler
+
+
+def _module_of(model: Callable) -> nn.Module | None:
+    """The ``nn.Module`` behind ``model`` (itself, or the ``.net`` a guidance wrapper holds), for eval mode."""
+    while model is not None and not isinstance(model, nn.Module):
+        model = getattr(model, "net", None)
+    return model
+
+
+def _device_of(module: nn.Module | None, noise: torch.Tensor | None) -> torch.device:
+    if module is not None:
+        for p in module.parameters():
+            return p.device
+    return noise.device if noise is not None else torch.device("cpu")
+
+
+def sample_progressive(
+    model: Callable,
+    gd: GaussianDiffusion,
+    shape,
+    *,
+    sampler: str = "ddim",
+    steps: int | None = None,
+    eta: float = 0.0,
+    seed: int = 0,
+    noise: torch.Tensor | None = None,
+    model_kwargs: dict | None = None,
+    clip_denoised: bool | None = None,
+    denoised_fn: Callable | None = None,
+    progress: bool = False,
+    desc: str | None = None,
+) -> Iterator[dict]:
+    """:func:`sample`, yielding ``dict(sample, pred_x0, t)`` after every step (for the explorers and animations).
+
+    The network is in eval mode while the iterator runs and put back as it was when it finishes.
+    """
+    check_sampler(sampler)
+    spaced = respaced(gd, gd.num_timesteps if steps is None else steps)
+    module = _module_of(model)
+    device = _device_of(module, noise)
+    shape = tuple(shape)
+    if noise is not None and tuple(noise.shape) != shape:
+        raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+    generator = torch.Generator().manual_seed(seed)
+    kwargs = dict(noise=noise, clip_denoised=clip_denoised, model_kwargs=model_kwargs, denoised_fn=denoised_fn,
+                  generator=generator, device=device, progress=progress,
+                  desc=f"{desc} ({sampler.upper()} {spaced.num_timesteps} steps)" if desc else None)  # fmt: skip
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        if sampler == "ddim":
+            yield from spaced.ddim_sample_loop_progressive(model, shape, eta=eta, **kwargs)
+        else:
+            yield from spaced.p_sample_loop_progressive(model, shape, **kwargs)
+    finally:
+        if module is not None:
+            module.train(was_training)
+
+
+@torch.no_grad()
+def sample(model: Callable, gd: GaussianDiffusion, shape, *, clamp: bool = True, **kwargs) -> torch.Tensor:
+    """Draw ``shape`` from ``model`` with the process ``gd``: the one sampling path of the project.
+
+    :param model: ``model(x_t, t, **model_kwargs)``: a network or a wrapper around one (e.g. a
+        :class:`~dalle2_edu.diffusion.guidance.GuidedModel`; the network behind its ``.net`` is put in eval mode).
+    :param gd: the model's diffusion over all its T steps; respaced here to ``steps``.
+    :param shape: of the result, e.g. ``(B, 3, 32, 32)`` or ``(B, d)``.
+    :param sampler: one of :data:`SAMPLERS`.
+    :param steps: steps of the respaced process (``None``: all T).
+    :param eta: DDIM's η (0: deterministic given the starting noise).
+    :param seed: fixes the starting noise and every step's noise (drawn on the CPU, so the same on any device).
+    :param noise: a starting x_T instead of seeded noise (e.g. from DDIM inversion).
+    :param clamp: clamp the result to [-1, 1] (pictures); pass False for vectors.
+    :param progress: show a progress bar labelled ``desc``.
+    :return: the sample, on the model's device.
+    """
+    out = _last(sample_progressive(model, gd, shape, **kwargs))["sample"]
+    return out.clamp(-1, 1) if clamp else out
