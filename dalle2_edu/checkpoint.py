@@ -10,15 +10,25 @@ Two formats, both of which can be loaded without running any code stored in the 
 * **Weights** (``save_weights`` / ``load_weights``): a ``.safetensors`` file with just a state dict (optionally in
   float16) and the model's config as JSON in the file's metadata. This is the small file to share or ship.
 
+Damage is caught on load, not in the pictures drawn later. Each weights file carries a checksum of its tensors
+(:func:`tensors_checksum`, stored in the metadata under ``"tensors_sha256"``) and each training checkpoint one of
+its model and EMA weights; loading recomputes it (``verify=False`` skips that for speed) and refuses a file whose
+bytes changed after it was written. Weights holding NaN or infinity are refused always (a cheap check). Files
+written before checksums existed still load, with the finite check only. :func:`weights_digest` names a weights
+file's content (the same checksum), to record which weights something was trained against.
+
 Every write is atomic: the data goes to a temporary file in the same folder, is flushed to disk, and only then
 replaces the target with ``os.replace``. A crash or Ctrl-C in the middle of a save leaves the previous file intact.
+Files are created with the permissions the umask allows (like ``open``), readable by others under the usual umask.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +38,8 @@ import torch
 
 FORMAT = "dalle2_edu.checkpoint"
 FORMAT_VERSION = 1
+CHECKSUM_KEY = "tensors_sha256"
+"""Metadata key of a weights file's checksum (:func:`tensors_checksum` of its tensors, 64 hex digits)."""
 
 # Types torch.load(weights_only=True) accepts. Exact types on purpose: numpy.float64 subclasses float but is pickled
 # as a numpy object, which a weights-only load refuses.
@@ -36,7 +48,33 @@ _SAFE_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file exists but cannot be read: truncated, corrupt, or not a dalle2_edu checkpoint."""
+    """A checkpoint file exists but cannot be used: truncated, corrupt, damaged (its checksum does not match, or it
+    holds NaN/inf weights), or not a dalle2_edu checkpoint."""
+
+
+def tensors_checksum(state_dict: dict) -> str:
+    """SHA-256 of a state dict's content: for each tensor, in the order of the sorted names, its name, dtype, shape
+    and raw bytes (each field length-prefixed, so no two different state dicts hash alike).
+
+    This is what :func:`save_weights` stores and :func:`load_weights` checks. It does not depend on the file layout
+    or on the config, only on the tensors as stored: the same weights in float16 and in float32 hash differently.
+
+    :param state_dict: name -> tensor (on any device).
+    :return: 64 hex digits.
+    :raises TypeError: a value is not a tensor.
+    """
+    h = hashlib.sha256(b"dalle2_edu.tensors_sha256 v1\0")
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"state_dict['{name}'] is a {type(tensor).__name__}, not a tensor")
+        tensor = tensor.detach().cpu().contiguous()
+        shape = ",".join(str(n) for n in tensor.shape)
+        field = f"{name}\0{str(tensor.dtype).removeprefix('torch.')}\0{shape}".encode()
+        data = tensor.reshape(-1).view(torch.uint8).numpy()
+        h.update(len(field).to_bytes(8, "little") + field + data.nbytes.to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -80,19 +118,25 @@ def save_checkpoint(
         "extra": extra,
     }
     _check_weights_only_safe(checkpoint, "checkpoint")
+    checkpoint["checksums"] = {
+        key: tensors_checksum(checkpoint[key]) for key in ("model", "ema") if _all_tensors(checkpoint[key])
+    }
     path = Path(path)
     _atomic_write(path, lambda f: torch.save(checkpoint, f))
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, verify: bool = True) -> dict:
     """Load a checkpoint written by ``save_checkpoint``, without executing any code stored in it.
 
     :param path: the checkpoint file.
     :param map_location: where to put the tensors (``"cpu"`` by default; the Trainer moves them where they belong).
+    :param verify: check the model and EMA weights against the checksums stored with them (files written before
+        checksums existed have none). NaN/inf weights are refused either way.
     :return: a dict with keys ``step``, ``config``, ``model``, ``ema``, ``optimizer``, ``rng``, ``extra``.
     :raises FileNotFoundError: the file does not exist.
-    :raises CheckpointError: the file is truncated, corrupt, or not a dalle2_edu checkpoint.
+    :raises CheckpointError: the file is truncated, corrupt, damaged (checksum mismatch, NaN/inf weights), or not a
+        dalle2_edu checkpoint.
     """
     path = _existing_file(path, "checkpoint")
     try:
@@ -115,6 +159,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"Checkpoint '{path}' has format version {checkpoint['format_version']}, newer than this dalle2_edu "
             f"understands ({FORMAT_VERSION}). Upgrade dalle2_edu."
         )
+    checksums = checkpoint.pop("checksums", None) or {}
+    for key in ("model", "ema"):
+        state = checkpoint.get(key)
+        if not isinstance(state, dict):
+            continue
+        if verify and key in checksums and (not _all_tensors(state) or tensors_checksum(state) != checksums[key]):
+            problem = f"its {key} weights do not match the checksum stored with them (bytes changed after writing)"
+            raise CheckpointError(_damaged_message(path, problem))
+        _check_finite(path, state, f"{key} weights")
     return checkpoint
 
 
@@ -130,6 +183,7 @@ def save_weights(path: str | os.PathLike, state_dict: dict, config: dict | None 
     :param config: JSON-serialisable dict needed to rebuild the model (e.g. its constructor arguments).
     :param half: store floating-point tensors as float16 (half the size; ``load_state_dict`` casts them back).
     :return: the path written.
+    :raises FloatingPointError: a tensor holds NaN or inf (such a file would be refused on loading); nothing is written.
     """
     from safetensors.torch import save
 
@@ -143,33 +197,64 @@ def save_weights(path: str | os.PathLike, state_dict: dict, config: dict | None 
         if half and tensor.is_floating_point():
             tensor = tensor.half()
         tensors[name] = tensor.contiguous().clone()  # clone: safetensors refuses tensors that share memory
-    metadata = {"format": "pt", "config": json.dumps(config), "library": "dalle2_edu"}
+    bad = _first_non_finite(tensors)
+    if bad is not None:
+        name, count = bad
+        raise FloatingPointError(
+            f"Not saving '{path}': state_dict['{name}'] holds {count} NaN or infinite values"
+            f"{' after conversion to float16' if half else ''}. Train with a lower learning rate or save an earlier "
+            "checkpoint's weights."
+        )
+    metadata = {
+        "format": "pt",
+        "config": json.dumps(config),
+        "library": "dalle2_edu",
+        CHECKSUM_KEY: tensors_checksum(tensors),
+    }
     data = save(tensors, metadata=metadata)
     path = Path(path)
     _atomic_write(path, lambda f: f.write(data))
     return path
 
 
-def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict, dict]:
+def load_weights(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, verify: bool = True
+) -> tuple[dict, dict]:
     """Load a ``.safetensors`` file written by ``save_weights``.
 
     :param path: the weights file.
     :param device: where to put the tensors.
+    :param verify: check the tensors against the checksum stored with them (:func:`tensors_checksum`, about a second
+        per GB); ``False`` skips it. Files written before checksums existed have none and load unchecked. NaN or
+        infinite weights are refused either way.
     :return: ``(state_dict, config)``; ``config`` is ``{}`` when the file carries none.
     :raises FileNotFoundError: the file does not exist.
-    :raises CheckpointError: the file is truncated or corrupt.
+    :raises CheckpointError: the file is truncated, corrupt or damaged (checksum mismatch, NaN/inf weights).
     """
-    from safetensors import safe_open
-
     path = _existing_file(path, "weights")
+    state_dict, metadata, _ = _read_weights(path, verify)
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            metadata = f.metadata() or {}
-            state_dict = {name: f.get_tensor(name) for name in f.keys()}
         config = json.loads(metadata.get("config", "{}"))
-    except Exception as err:
+    except ValueError as err:
         raise CheckpointError(_corrupt_message(path, err)) from err
+    if torch.device(device).type != "cpu":
+        state_dict = {name: tensor.to(device) for name, tensor in state_dict.items()}
     return state_dict, config
+
+
+def weights_digest(path: str | os.PathLike) -> str:
+    """What a weights file holds, as 64 hex digits, to record which weights something was trained against.
+
+    It is :func:`tensors_checksum` of the file's tensors (names, dtypes, shapes, bytes), computed from the tensors
+    and checked against the checksum stored in the file, if any. It ignores the metadata, so rewriting a file with
+    the same tensors (e.g. to add a checksum) keeps its digest; it also works for files written without a checksum.
+
+    :param path: a ``.safetensors`` file.
+    :raises FileNotFoundError: the file does not exist.
+    :raises CheckpointError: the file is corrupt or damaged.
+    """
+    path = _existing_file(path, "weights")
+    return _read_weights(path, verify=True)[2]
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, key: str, metrics: dict | None = None,
@@ -188,7 +273,8 @@ def load_model(path: str | os.PathLike, key: str, build: Callable[[dict], torch.
     """Load a file written by :func:`save_model`: ``build(config[key])`` makes the model, the weights go in as
     float32, and the model comes back in eval mode on ``device``.
 
-    :param how_to_make: the fix named when the file is missing, e.g. "train one with `python -m dalle2_edu pretrain`".
+    :param how_to_make: the fix named when the file is missing, e.g. "train one with
+        `python -m dalle2_edu train decoder --out FOLDER`".
     :raises FileNotFoundError: no file at ``path``.
     :raises ValueError: the file holds no ``key`` config, or weights that do not fit it.
     """
@@ -214,6 +300,85 @@ def load_model(path: str | os.PathLike, key: str, build: Callable[[dict], torch.
 # helpers
 
 
+def _read_weights(path: Path, verify: bool) -> tuple[dict, dict, str | None]:
+    """:return: ``(state_dict on the CPU, metadata, checksum of the tensors or None when not verified)``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            state_dict = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as err:
+        raise CheckpointError(_corrupt_message(path, err)) from err
+    checksum = None
+    if verify:
+        checksum = tensors_checksum(state_dict)
+        stored = metadata.get(CHECKSUM_KEY)
+        if stored is not None and stored != checksum:
+            problem = "its tensors do not match the checksum stored with them (bytes changed after writing)"
+            raise CheckpointError(_damaged_message(path, problem))
+    _check_finite(path, state_dict, "weights")
+    return state_dict, metadata, checksum
+
+
+def _all_tensors(state: Any) -> bool:
+    return isinstance(state, dict) and bool(state) and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def _first_non_finite(state: dict) -> tuple[str, int] | None:
+    """:return: ``(name, number of NaN/inf values)`` of the first floating-point tensor holding any, else None."""
+    for name, tensor in state.items():
+        if isinstance(tensor, torch.Tensor) and (tensor.is_floating_point() or tensor.is_complex()):
+            finite = torch.isfinite(tensor)
+            if not finite.all():
+                return name, int((~finite).sum())
+    return None
+
+
+def _check_finite(path: Path, state: dict, what: str) -> None:
+    bad = _first_non_finite(state)
+    if bad is not None:
+        name, count = bad
+        problem = f"its {what} hold NaN or infinite values ({count} in '{name}'), with which a model draws nothing"
+        raise CheckpointError(_damaged_message(path, problem))
+
+
+def _damaged_message(path: Path, problem: str) -> str:
+    return (
+        f"'{path}' is damaged: {problem}. Do not use it: restore it from a backup or a fresh download (a file shipped "
+        "in data/checkpoints: `git checkout -- <file>`), or train again."
+    )
+
+
+def warn_cache_not_written(path: str | os.PathLike, err: OSError) -> None:
+    """Warn that an optional cache file could not be written (a read-only checkout, a full disk), naming the fix.
+
+    For callers that go on without the cache: ``try: write(path) except OSError as err: warn_cache_not_written(...)``.
+    """
+    from dalle2_edu.utils import DATA_ENV
+
+    warnings.warn(
+        f"could not write the cache file {path} ({err.strerror or err}); going on without it (it is made again next "
+        f"time). To keep caches, set {DATA_ENV} to a writable folder (it holds cache/ and checkpoints/: copy "
+        "data/checkpoints there too), or pass cache_dir=None to skip caching and this warning.",
+        stacklevel=3,
+    )
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux), else by setting it back."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     """Write a file so that readers see either the old content or the complete new one, never a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +388,7 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates files readable by their owner only
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates files readable by their owner only; do as open() does
         os.replace(tmp, path)
     except BaseException:  # also Ctrl-C: never leave the temporary file behind
         try:

@@ -1,15 +1,25 @@
-"""``python -m dalle2_edu``: the notebooks' work from the shell.
+"""``python -m dalle2_edu``: every command of the project, and the only place with argparse.
 
-python -m dalle2_edu demo --out out/demo        # what `make demo` runs
-python -m dalle2_edu toy2d --steps 3000         # train the 2D model and grade its VLB against the exact NLL
-python -m dalle2_edu generate "a red striped mug on a wooden table" --n 4 --out out/
-python -m dalle2_edu pretrain --out runs/pretrain [--fast]   # retrain every unCLIP stage from scratch
+python -m dalle2_edu demo --out out/demo                              # what `make demo` runs
+python -m dalle2_edu generate "a red striped mug on a wooden table" --n 4 --out out/gen
+python -m dalle2_edu train all --recipe fast --out runs/fast          # retrain the pipeline on the catalogue
+python -m dalle2_edu train all --data my_pictures/ --out runs/mine    # ... or on your own captioned pictures
+python -m dalle2_edu generate "a red gizmo" --checkpoints runs/mine   # draw from what you trained
+python -m dalle2_edu evaluate decoder --checkpoints runs/fast         # grade a stage (or `pipeline`)
+python -m dalle2_edu toy2d --steps 3000                               # the 2D model of notebooks 01-04, with its VLB
+torchrun --standalone --nproc-per-node=2 -m dalle2_edu train decoder --out runs/fast   # several processes / GPUs
+
+Errors print one line (``error: ...``) naming the problem and the fix, exit code 1 (2 for a malformed command line);
+``--debug`` (or ``DALLE2_EDU_DEBUG=1``) shows the full traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,16 +28,56 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+DEBUG_ENV = "DALLE2_EDU_DEBUG"
+GRID_MAX_PICTURES = 256
+"""``generate`` writes a grid of all pictures up to this many; beyond it, only the single pictures."""
+GRID_MAX_SIDE = 16384
+"""The largest grid side in pixels ``generate`` writes (PNG encoders and viewers choke beyond)."""
 
+
+def _command_line(argv: list[str] | None) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    prefix = "torchrun ... -m dalle2_edu" if os.environ.get("TORCHELASTIC_RUN_ID") else "python -m dalle2_edu"
+    return " ".join([prefix, *(shlex.quote(a) for a in args)])
+
+
+def _set_threads() -> None:
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+def _check_out_dir(path: str, what: str = "--out") -> Path:
+    """An output folder that can be written, checked before any work starts."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} '{path}' is a file (or a device), not a folder; pass a folder name")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"cannot write into {what} '{path}' ({err.strerror or err}); pick a folder you can write to"
+        ) from None
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------- toy2d
 def _toy2d(args) -> dict:
     import torch
 
+    from dalle2_edu.diffusion.sampling import sample_progressive
     from dalle2_edu.toy2d import Toy2DConfig, train_toy2d, vlb_vs_exact_nll
+    from dalle2_edu.validate import check_count, check_seed
     from dalle2_edu.viz import scatter_row, trajectory_frames
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    for name in ("steps", "hidden", "depth", "vlb_points"):
+        check_count(f"--{name.replace('_', '-')}", getattr(args, name))
+    check_seed(args.seed, "--seed")
+    _set_threads()
+    out = _check_out_dir(args.out)
     cfg = Toy2DConfig(
         dataset=args.dataset, steps=args.steps, hidden=args.hidden, depth=args.depth, seed=args.seed,
         diffusion={"loss_type": args.loss_type}, t_sampler=args.t_sampler,
@@ -37,7 +87,7 @@ def _toy2d(args) -> dict:
     train_s = time.perf_counter() - start
     model = trainer.ema_model
 
-    steps = list(gd.p_sample_loop_progressive(model, (2000, 2), generator=torch.Generator().manual_seed(args.seed)))
+    steps = list(sample_progressive(model, gd, (2000, 2), sampler="ddpm", seed=args.seed, desc="2D samples"))
     clouds, titles = trajectory_frames(steps, 6)
     fig = scatter_row([data[:2000], *clouds], ["data", *titles])
     fig.savefig(out / "denoising.png", dpi=100)
@@ -51,30 +101,62 @@ def _toy2d(args) -> dict:
         )
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"trained in {train_s:.0f} s; picture of the denoising: {out / 'denoising.png'}")
+    del torch
     return report
 
 
+# -------------------------------------------------------------------------------------------------------- generate
 def _generate(args) -> dict:
-    import torch
+    from PIL import Image
 
-    from dalle2_edu.pipeline import UnCLIP
+    from dalle2_edu.pipeline import UnCLIP, _check_prompts
+    from dalle2_edu.validate import check_count, check_guidance_scale, check_seed
+    from dalle2_edu.viz import image_grid
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    # every argument is checked before the models load or a picture is drawn
+    prompts = _check_prompts(args.prompts)
+    n = check_count("--n", args.n)
+    steps = check_count("--steps", args.steps)
+    batch = check_count("--batch-size", args.batch_size)
+    guidance = check_guidance_scale(args.guidance_scale, "--guidance-scale")
+    seed = check_seed(args.seed, "--seed")
+    scale = check_count("--scale", args.scale)
+    if scale > 16:
+        raise ValueError(f"--scale must be between 1 and 16 (it enlarges the saved grid), got {scale}")
+    folder = _check_out_dir(args.out)
+    _set_threads()
     pipe = UnCLIP.from_pretrained(args.checkpoints, device=args.device)
+    size = pipe.image_size if not args.no_upsample else pipe.decoder[0].unet.config.image_size
+    total = len(prompts) * n
+    side = (size + 2) * max(n, 1) * scale
+    write_grid = total <= GRID_MAX_PICTURES and side <= GRID_MAX_SIDE
+    if not write_grid:
+        print(f"note: {total} pictures at --scale {scale}: too many for one grid; writing the single pictures only")
     start = time.perf_counter()
-    out = pipe.generate(
-        args.prompts, n=args.n, guidance_scale=args.guidance_scale, steps=args.steps, seed=args.seed,
-        use_prior=not args.no_prior, upsample=not args.no_upsample, progress=True,
-    )  # fmt: skip
+    kept = []
+    chunks = pipe.generate_batches(prompts, n=n, guidance_scale=guidance, steps=steps, seed=seed,
+                                   use_prior=not args.no_prior, upsample=not args.no_upsample, progress=True,
+                                   batch_size=batch)  # fmt: skip
+    for chunk in chunks:
+        for j, (image, prompt) in enumerate(zip(chunk.images, chunk.prompts)):
+            i = chunk.start + j
+            image.save(folder / f"{i // n:02d}_{i % n:0{len(str(n - 1))}d}_{_slug(prompt)}.png")
+        if write_grid:
+            kept.append(chunk.tensors.cpu())
     seconds = time.perf_counter() - start
-    folder = Path(args.out)
-    folder.mkdir(parents=True, exist_ok=True)
-    grid_path = folder / "grid.png"
-    out.grid(scale=args.scale).save(grid_path)
-    for i, (image, prompt) in enumerate(zip(out.images, out.prompts)):
-        image.save(folder / f"{i // args.n:02d}_{i % args.n}_{_slug(prompt)}.png")
-    print(f"{len(out.prompts)} pictures in {seconds:.1f} s; grid (one row per prompt): {grid_path}")
-    return {"seconds": seconds, "grid": str(grid_path)}
+    report = {"seconds": seconds, "pictures": total, "folder": str(folder)}
+    if write_grid:
+        import torch
+
+        grid = Image.fromarray(image_grid(torch.cat(kept), nrow=n).numpy())
+        if scale != 1:
+            grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+        grid.save(folder / "grid.png")
+        report["grid"] = str(folder / "grid.png")
+        print(f"{total} pictures in {seconds:.1f} s; grid (one row per prompt): {folder / 'grid.png'}")
+    else:
+        print(f"{total} pictures in {seconds:.1f} s, in {folder}")
+    return report
 
 
 DEMO_PROMPTS = (
@@ -92,14 +174,16 @@ def _demo(args) -> dict:
 
     from dalle2_edu.metrics import prompt_fidelity
     from dalle2_edu.pipeline import UnCLIP, prompt_attributes
+    from dalle2_edu.validate import check_count, check_seed
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    check_count("--steps", args.steps)
+    check_seed(args.seed, "--seed")
+    folder = _check_out_dir(args.out)
+    _set_threads()
     start = time.perf_counter()
     pipe = UnCLIP.from_pretrained(args.checkpoints)
     out = pipe.generate(list(DEMO_PROMPTS), n=4, steps=args.steps, seed=args.seed, progress=True)
     seconds = time.perf_counter() - start
-    folder = Path(args.out)
-    folder.mkdir(parents=True, exist_ok=True)
     out.grid(nrow=4, scale=3).save(folder / "grid.png")
     images = out.tensors
     if images.shape[-1] % 32:  # the classifier reads 32x32 (or 64x64); other checkpoints' sizes are resized for it
@@ -122,38 +206,92 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
 
 
-def _pretrain(args) -> dict:
-    from dalle2_edu.pretrain import pretrain
+# ----------------------------------------------------------------------------------------------------------- train
+def _train(args, stages: str, steps, command: str) -> dict:
+    from dalle2_edu.recipes import Runner
 
-    steps = {f"{stage}_steps": n for stage in ("clip", "prior", "decoder", "upsampler")
+    _set_threads()
+    runner = Runner(recipe=args.recipe, data=args.data, out=args.out, device=args.device, seed=args.seed,
+                    steps=steps, command=command, progress=not args.no_progress,
+                    overwrite_shipped=args.overwrite_shipped)  # fmt: skip
+    return runner.run(stages)
+
+
+def _pretrain(args, command: str) -> dict:
+    """The earlier ``pretrain`` command, kept as an alias of ``train``."""
+    steps = {stage: n for stage in ("clip", "prior", "decoder", "upsampler")
              if (n := getattr(args, f"{stage}_steps")) is not None}  # fmt: skip
-    return pretrain(args.out, fast=args.fast, seed=args.seed, stages=args.stages.split(","),
-                    init_decoder=args.init_decoder, steps=steps)  # fmt: skip
+    args.recipe = "fast" if args.fast else args.recipe
+    return _train(args, args.stages, steps or None, command)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dalle2_edu", description=__doc__.split("\n")[0])
+# -------------------------------------------------------------------------------------------------------- evaluate
+def _evaluate(args) -> dict:
+    import torch
+
+    from dalle2_edu.recipes.settings import STAGE_FILES
+
+    _set_threads()
+    folder = Path(args.checkpoints)
+    if args.stage != "pipeline" and not (folder / STAGE_FILES[args.stage]).exists():
+        raise FileNotFoundError(f"no {STAGE_FILES[args.stage]} in '{folder}'; pass --checkpoints FOLDER holding it, "
+                                f"or train it: python -m dalle2_edu train {args.stage} --out {folder}")  # fmt: skip
+    path = folder / STAGE_FILES.get(args.stage, "")
+    with torch.no_grad():
+        if args.stage == "clip":
+            from dalle2_edu.clip import evaluate_clip, load_clip
+
+            report = evaluate_clip(load_clip(path), progress=True)
+        elif args.stage == "upsampler":
+            from dalle2_edu.upsampler import evaluate_upsampler, load_upsampler
+
+            model, gd = load_upsampler(path)
+            report = evaluate_upsampler(model, gd, n=args.n, seed=args.seed, progress=True)
+        elif args.stage == "classifier":
+            from dalle2_edu.metrics import grade_classifier, load_attribute_classifier
+
+            report = grade_classifier(load_attribute_classifier(path), progress=True)
+        else:  # prior, decoder, pipeline: what the pictures show
+            from dalle2_edu.evaluate import evaluate_pipeline
+            from dalle2_edu.pipeline import UnCLIP
+
+            pipe = UnCLIP.from_pretrained(folder, upsampler=False, device=args.device)
+            report = evaluate_pipeline(pipe, n=args.n, seed=args.seed, upsample=False, steps=args.steps,
+                                       use_prior=args.stage != "decoder" or not args.no_prior,
+                                       progress=True)  # fmt: skip
+    print(json.dumps(report, indent=1))
+    return report
+
+
+# ------------------------------------------------------------------------------------------------------------ main
+def _parser() -> argparse.ArgumentParser:
+    from dalle2_edu.recipes.settings import RECIPES, STAGE_FILES
+
+    parser = argparse.ArgumentParser(prog="python -m dalle2_edu", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.split("\n")[2:10]))  # fmt: skip
+    parser.add_argument("--debug", action="store_true", help=f"show full tracebacks (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add_toy_args(p, steps, hidden, depth):
-        p.add_argument("--out", default="out/toy2d", help="folder for the picture and report.json")
-        p.add_argument("--dataset", default="mixture", choices=["mixture", "moons", "swiss_roll"])
-        p.add_argument("--steps", type=int, default=steps, help="training steps")
-        p.add_argument("--hidden", type=int, default=hidden)
-        p.add_argument("--depth", type=int, default=depth)
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--loss-type", default="kl", choices=["kl", "hybrid", "simple"])
-        p.add_argument("--t-sampler", default="loss-second-moment", choices=["loss-second-moment", "uniform"])
-        p.add_argument("--vlb-points", type=int, default=2000, help="points the VLB is averaged over")
-        p.add_argument("--no-vlb", action="store_true", help="skip grading the VLB")
+    toy = sub.add_parser("toy2d", help="train the 2D MLP denoiser and grade its VLB")
+    toy.add_argument("--out", default="out/toy2d", help="folder for the picture and report.json")
+    toy.add_argument("--dataset", default="mixture", choices=["mixture", "moons", "swiss_roll"])
+    toy.add_argument("--steps", type=int, default=3000, help="training steps")
+    toy.add_argument("--hidden", type=int, default=128)
+    toy.add_argument("--depth", type=int, default=3)
+    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--loss-type", default="kl", choices=["kl", "hybrid", "simple"])
+    toy.add_argument("--t-sampler", default="loss-second-moment", choices=["loss-second-moment", "uniform"])
+    toy.add_argument("--vlb-points", type=int, default=2000, help="points the VLB is averaged over")
+    toy.add_argument("--no-vlb", action="store_true", help="skip grading the VLB")
 
-    add_toy_args(sub.add_parser("toy2d", help="train the 2D MLP denoiser and grade its VLB"), 3000, 128, 3)
     demo = sub.add_parser("demo", help="text -> 4 pictures for a handful of prompts with the shipped checkpoints")
     demo.add_argument("--out", default="out/demo", help="folder for grid.png and report.json")
     demo.add_argument("--checkpoints", default="data/checkpoints")
     demo.add_argument("--steps", type=int, default=25, help="decoder DDIM steps")
     demo.add_argument("--seed", type=int, default=0)
-    gen = sub.add_parser("generate", help="text -> pictures with the trained unCLIP pipeline")
+
+    gen = sub.add_parser("generate", help="text -> pictures with a trained unCLIP pipeline")
     gen.add_argument("prompts", nargs="+", help='one or more prompts, e.g. "a red striped mug on a wooden table"')
     gen.add_argument("--n", type=int, default=4, help="pictures per prompt")
     gen.add_argument("--out", default="out/generate", help="folder for grid.png and the single pictures")
@@ -161,26 +299,80 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--guidance-scale", type=float, default=3.0)
     gen.add_argument("--steps", type=int, default=25, help="decoder DDIM steps")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch-size", type=int, default=64, help="pictures drawn at once (memory grows with it)")
     gen.add_argument("--no-prior", action="store_true", help="feed the text embedding to the decoder directly")
     gen.add_argument("--no-upsample", action="store_true", help="stop at 32x32")
-    gen.add_argument("--scale", type=int, default=4, help="enlarge the saved grid by this factor")
-    gen.add_argument("--device", default="auto")
-    pre = sub.add_parser("pretrain", help="retrain every unCLIP stage from scratch and write the checkpoints")
-    pre.add_argument("--out", default="runs/pretrain", help="checkpoint folder (resumable: run again to continue)")
-    pre.add_argument("--fast", action="store_true", help="a from-scratch demo sized for a laptop CPU")
-    pre.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--scale", type=int, default=4, help="enlarge the saved grid by this factor (1-16)")
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+
+    def add_train_args(p):
+        p.add_argument("--recipe", default="fast", choices=list(RECIPES),
+                       help="full: the shipped checkpoints' settings; fast: minutes on a CPU; gpu: one large GPU; "
+                            "tiny: a seconds-long smoke test")  # fmt: skip
+        p.add_argument("--data", default=None, help="a folder of pictures + captions.jsonl / metadata.jsonl "
+                                                    "(default: the project's product catalogue)")  # fmt: skip
+        p.add_argument("--out", default="runs/fast", help="checkpoint folder (resumable: run again to continue)")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: each process its GPU)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--overwrite-shipped", action="store_true",
+                       help="allow --out to be data/checkpoints, replacing the shipped weights")  # fmt: skip
+        p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+    train = sub.add_parser("train", help="train one stage, several (comma-separated) or all, from a recipe")
+    train.add_argument("stages", help=f"all, or one or more of: {', '.join(STAGE_FILES)}, evaluate")
+    train.add_argument("--steps", type=int, default=None, help="override the recipe's steps (one stage only)")
+    add_train_args(train)
+
+    pre = sub.add_parser("pretrain", help="alias: train all (--fast: the fast recipe)")
+    add_train_args(pre)
+    pre.set_defaults(recipe="full", out="runs/pretrain")
+    pre.add_argument("--fast", action="store_true", help="the fast recipe")
     pre.add_argument("--stages", default="clip,prior,decoder,upsampler,evaluate", help="comma-separated subset")
-    pre.add_argument("--init-decoder", default=None,
-                     help="warm-start the decoder from an image32 model file (its UNet) or a decoder file (all of it)")
     for stage in ("clip", "prior", "decoder", "upsampler"):
         pre.add_argument(f"--{stage}-steps", type=int, default=None, help=f"override the recipe's {stage} steps")
-    args = parser.parse_args(argv)
+
+    ev = sub.add_parser("evaluate", help="grade a trained stage, or the whole pipeline")
+    ev.add_argument("stage", choices=["clip", "prior", "decoder", "upsampler", "classifier", "pipeline"])
+    ev.add_argument("--checkpoints", default="data/checkpoints", help="folder with the trained stages")
+    ev.add_argument("--n", type=int, default=2, help="pictures per prompt (upsampler: test pictures)")
+    ev.add_argument("--steps", type=int, default=25, help="decoder DDIM steps")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--no-prior", action="store_true", help="decoder: feed text embeddings (the ablation)")
+    ev.add_argument("--device", default="auto")
+    return parser
+
+
+def _run(args, argv: list[str] | None) -> dict:
+    command = _command_line(argv)
     if args.command == "toy2d":
-        _toy2d(args)
-    elif args.command == "demo":
-        _demo(args)
-    elif args.command == "generate":
-        _generate(args)
-    elif args.command == "pretrain":
-        _pretrain(args)
+        return _toy2d(args)
+    if args.command == "demo":
+        return _demo(args)
+    if args.command == "generate":
+        return _generate(args)
+    if args.command == "train":
+        return _train(args, args.stages, args.steps, command)
+    if args.command == "pretrain":
+        return _pretrain(args, command)
+    return _evaluate(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return the exit code (0 done, 1 failed, 2 malformed command line, 130 interrupted)."""
+    parser = _parser()
+    args = parser.parse_args(argv)  # exits with code 2 and a usage message on a malformed command line
+    debug = args.debug or os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        _run(args, argv)
+    except KeyboardInterrupt:
+        print("interrupted (training checkpoints were saved: run the same command again to continue)", file=sys.stderr)
+        return 130
+    except Exception as err:  # one readable line instead of a traceback; --debug shows it
+        if debug:
+            raise
+        message = str(err).strip() or type(err).__name__
+        if isinstance(err, OSError) and err.filename and str(err.filename) not in message:
+            message = f"{message}: {err.filename}"
+        print(f"error: {message}\n(run with --debug for the traceback)", file=sys.stderr)
+        return 1
     return 0

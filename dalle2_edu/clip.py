@@ -28,20 +28,15 @@ Example::
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import functools
 import hashlib
 import itertools
 import json
 import math
 import os
-import platform
 import re
 import string
-import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -57,7 +52,8 @@ from dalle2_edu.datasets.catalogue import BACKGROUNDS, CATEGORIES, COLOUR_NAMES,
 from dalle2_edu.utils import data_dir
 
 CLIP_NAME = "clip_tiny"
-TRAIN_COMMAND = "python -m dalle2_edu.clip train"
+TRAIN_COMMAND = "python -m dalle2_edu train clip --recipe full"
+"""The command that trains the shipped CLIP again (add ``--out FOLDER``; see :mod:`dalle2_edu.recipes`)."""
 """The shell command (run from the repository root) that trains the shipped tiny CLIP and writes its files."""
 
 PAD, SOT, EOT = "<pad>", "<start_of_text>", "<end_of_text>"
@@ -135,6 +131,11 @@ class CompactTokenizer:
     ``tokenizer(texts)`` gives ``[SOT, tokens..., EOT, PAD, PAD, ...]`` rows of length ``context_length``, like
     open_clip's tokenizer, with compact ids instead of BPE ids.
 
+    Punctuation the vocabulary never saw is left out, so "a red mug." and "a red mug!" read as "a red mug". The rule
+    is the same for training captions and prompts, and it changes no training caption: the vocabulary is built from
+    those captions (:func:`build_vocabulary`), so all their punctuation is in it and kept (the catalogue's commas,
+    colons and hyphens). Symbols (``$``, ``+``) and unknown words are still refused.
+
     :param vocab: BPE token strings; position = compact id; starts with :data:`PAD`, :data:`SOT`, :data:`EOT`.
     :param words: known words, listed in the error for unknown words.
     :param context_length: tokens per row, including SOT and EOT.
@@ -161,20 +162,46 @@ class CompactTokenizer:
         # copies of a model (the Trainer's EMA) share open_clip's read-only BPE tables instead of duplicating them
         return CompactTokenizer(self.vocab, self.words, self.context_length)
 
+    @staticmethod
+    def _is_punctuation(piece: str) -> bool:
+        """Whether ``piece`` is punctuation marks only (Unicode category P: . , ! ? ; : ' " ( ) … and the like)."""
+        import unicodedata
+
+        return bool(piece) and all(unicodedata.category(ch).startswith("P") for ch in piece)
+
+    def _pieces(self, word: str) -> list[tuple[str, list[int]]]:
+        """The pieces open_clip's BPE splits a word into before merging ("mug." -> "mug", "."), each with its BPE ids:
+        together exactly ``self.bpe.encode(word)``."""
+        bpe, pieces = self.bpe, []
+        for piece in bpe.pat.findall(bpe.clean_fn(word)):
+            token = "".join(bpe.byte_encoder[b] for b in piece.encode("utf-8"))
+            pieces.append((piece, [bpe.encoder[t] for t in bpe.bpe(token).split(" ")]))
+        return pieces
+
     def _word_ids(self, word: str) -> list[int] | None:
-        """Compact ids of one whitespace-free word, or None if one of its BPE tokens is not in the vocabulary."""
+        """Compact ids of one whitespace-free word, leaving out punctuation the vocabulary lacks ("mug." -> "mug"), or
+        None if a part that is not punctuation has a BPE token outside the vocabulary."""
         if word not in self._word_cache:
-            ids = [self.bpe_to_compact.get(i) for i in self.bpe.encode(word)]
-            self._word_cache[word] = None if None in ids else ids
+            ids: list[int] | None = []
+            for piece, bpe_ids in self._pieces(word):
+                compact = [self.bpe_to_compact.get(i) for i in bpe_ids]
+                if None not in compact:
+                    ids.extend(compact)
+                elif not self._is_punctuation(piece):
+                    ids = None
+                    break
+            self._word_cache[word] = ids
         return self._word_cache[word]
 
     def encode(self, text: str) -> list[int]:
         """Compact ids of ``text`` without SOT/EOT.
 
         Splitting at whitespace first and encoding word by word gives exactly open_clip's ids for the whole text
-        (BPE never merges across whitespace), and tells which word is unknown.
+        (BPE never merges across whitespace), and tells which word is unknown. Punctuation the vocabulary lacks is
+        left out (see the class).
 
-        :raises ValueError: the text is empty, or has words made of BPE tokens not in the vocabulary.
+        :raises ValueError: the text is empty or only punctuation, or has words made of BPE tokens not in the
+            vocabulary.
         """
         if not isinstance(text, str):
             raise TypeError(f"a prompt must be a str, got {type(text).__name__}")
@@ -184,11 +211,14 @@ class CompactTokenizer:
         for word in text.split():
             word_ids = self._word_ids(word)
             if word_ids is None:
-                unknown.append(word)
+                marks = "".join(ch for ch in word if self._is_punctuation(ch))
+                unknown.append(word.strip(marks) or word)  # "submarine." -> "submarine"
             else:
                 ids.extend(word_ids)
         if unknown:
             raise ValueError(self._unknown_message(text, unknown))
+        if not ids:
+            raise ValueError(f"the prompt {text!r} holds only punctuation: describe a product, e.g. 'a red mug'")
         return ids
 
     def _unknown_message(self, text: str, unknown: list[str]) -> str:
@@ -656,6 +686,7 @@ def clip_loss_fn(augment: bool = True):
         images, tokens = batch
         x = augment_images(images).clamp(-1, 1) if augment else images
         image_emb, text_emb, scale = model(x, tokens)
+        image_emb, text_emb, tokens = _gather_across_ranks(image_emb, text_emb, tokens)
         loss = clip_loss(image_emb, text_emb, scale)
         with torch.no_grad():
             best = (image_emb @ text_emb.T).argmax(dim=1)  # (B,) each picture's most similar caption
@@ -663,6 +694,24 @@ def clip_loss_fn(augment: bool = True):
         return {"loss": loss, "acc": acc, "temperature": 1 / scale.detach()}
 
     return loss_fn
+
+
+def _gather_across_ranks(image_emb, text_emb, tokens):
+    """Under DistributedDataParallel each process holds a share of the batch, but the contrastive loss needs every
+    pair's negatives: gather the embeddings of all shares (with gradients flowing back to each rank's own share), so
+    every rank computes the loss of the whole global batch, as one process would. Alone: unchanged."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return image_emb, text_emb, tokens
+    from torch.distributed.nn.functional import all_gather
+
+    world = dist.get_world_size()
+    all_tokens = [torch.empty_like(tokens) for _ in range(world)]
+    dist.all_gather(all_tokens, tokens.contiguous())
+    # all_gather's backward sums each rank's gradient for a share: W identical losses give W·∂L, and DDP's mean over
+    # the W ranks brings it back to ∂L, the single-process gradient
+    return torch.cat(all_gather(image_emb)), torch.cat(all_gather(text_emb)), torch.cat(all_tokens)
 
 
 def train_clip(
@@ -676,6 +725,9 @@ def train_clip(
     augment: bool = True,
     device: str = "auto",
     progress: bool = True,
+    images: torch.Tensor | None = None,
+    captions: Sequence[str] | None = None,
+    **trainer_kwargs,
 ) -> tuple[ProductCLIP, object]:
     """Train a :class:`ProductCLIP` contrastively on the catalogue's train split with the project's Trainer.
 
@@ -690,6 +742,9 @@ def train_clip(
     :param seed: seeds the initial weights, the batches and the augmentation.
     :param out_dir: resumable checkpoints go here (running again continues); None keeps nothing.
     :param augment: mirror, shift and noise the pictures.
+    :param images: (N, 3, S, S) uint8 pictures to train on instead of the catalogue (e.g. a user's folder), with
+        ``captions`` (N strings); the vocabulary is then built from these captions.
+    :param trainer_kwargs: more :class:`~dalle2_edu.train.Trainer` arguments (they win over the defaults above).
     :return: ``(clip, trainer)``: the EMA model in eval mode, and the :class:`~dalle2_edu.train.Trainer` (history).
     """
     from dalle2_edu.datasets.catalogue import ProductCatalogue
@@ -698,19 +753,32 @@ def train_clip(
 
     config = config or CLIPConfig()
     set_seed(seed)
-    cat = ProductCatalogue(n_train, split="train", seed=0, resolution=config.image_size, progress=progress)
+    if images is None:
+        cat = ProductCatalogue(n_train, split="train", seed=0, resolution=config.image_size, progress=progress)
+        images, captions = cat.images, list(cat.captions)
+    elif captions is None or len(captions) != len(images):
+        raise ValueError("pass one caption per picture: images (N, 3, S, S) and captions (N strings)")
+    n_train = len(images)
     if not config.vocab:
-        vocab, words = build_vocabulary(cat.captions)
+        vocab, words = build_vocabulary(captions)
         config = replace(config, vocab=vocab, words=words)
     model = ProductCLIP(config)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a training caption cut short would be a silent bug
-        tokens = model.tokenize(cat.captions)
+        try:
+            tokens = model.tokenize(captions)
+        except UserWarning as err:
+            raise ValueError(
+                f"{err}; shorten the longest captions, or train with a longer context "
+                f"(CLIPConfig(context_length=...), now {config.context_length})"
+            ) from None
+    kwargs = dict(weight_decay=0.05, warmup_steps=min(100, steps // 10), lr_schedule="cosine", total_steps=steps,
+                  ema_decay=0.995, ckpt_every=200 if out_dir else None)  # fmt: skip
+    kwargs.update(trainer_kwargs)
     trainer = Trainer(
-        model, clip_loss_fn(augment), (cat.images, tokens), batch_size=batch_size, lr=lr, weight_decay=0.05,
-        warmup_steps=min(100, steps // 10), lr_schedule="cosine", total_steps=steps, ema_decay=0.995, device=device,
-        seed=seed, out_dir=out_dir, ckpt_every=200 if out_dir else None, progress=progress,
-        config={"clip": config.to_dict(), "n_train": n_train, "augment": augment},
+        model, clip_loss_fn(augment), (images, tokens), batch_size=batch_size, lr=lr, device=device,
+        seed=seed, out_dir=out_dir, progress=progress,
+        config={"clip": config.to_dict(), "n_train": n_train, "augment": augment}, **kwargs,
     )  # fmt: skip
     trainer.fit(steps, resume=out_dir is not None)
     return trainer.ema_model.eval(), trainer
@@ -792,7 +860,12 @@ def embed_dataset(
         clip.train(was_training)
     out = {k: torch.cat(v) for k, v in parts.items() if v}
     if path is not None:
-        save_weights(path, out, {"what": "dalle2_edu.clip.embed_dataset", "n": len(captions)}, half=False)
+        from dalle2_edu.checkpoint import warn_cache_not_written
+
+        try:
+            save_weights(path, out, {"what": "dalle2_edu.clip.embed_dataset", "n": len(captions)}, half=False)
+        except OSError as err:  # a read-only checkout: go on without the cache
+            warn_cache_not_written(path, err)
     return out
 
 
@@ -901,8 +974,11 @@ def load_pretrained_open_clip(
     :return: ``(model, preprocess, tokenizer)``: the model in eval mode, open_clip's evaluation transform for PIL
         pictures, and its tokenizer.
     :raises FileNotFoundError: ``pretrained`` looks like a path and no file is there.
-    :raises ValueError: unknown name or tag, or weights that do not fit the architecture.
+    :raises ValueError: unknown name or tag, weights that do not fit the architecture, or a pickle holding Python
+        objects besides tensors (never unpickled: that could run code).
     """
+    import pickle
+
     import open_clip
 
     if model_config is not None:
@@ -927,6 +1003,17 @@ def load_pretrained_open_clip(
             name, pretrained=source, device=device, cache_dir=cache_dir
         )
     except Exception as err:
+        if isinstance(err, pickle.UnpicklingError) and source is not None and Path(source).is_file():
+            # torch's own message suggests loading with weights_only=False, i.e. running whatever the file names
+            found = re.findall(r"GLOBAL (\S+) was not an allowed global", str(err))
+            raise ValueError(
+                f"'{source}' is a pickle holding Python objects besides tensors"
+                f"{f' (e.g. {found[0]})' if found else ''}; they are not loaded, because unpickling a file can run "
+                "any code it names. Use a file that holds only tensors: the .safetensors version of these weights if "
+                "their publisher offers one (open_clip's hub models ship open_clip_model.safetensors), or save the "
+                "weights alone where the model was made, e.g. safetensors.torch.save_file(model.state_dict(), "
+                "'weights.safetensors')."
+            ) from None
         if source is not None and Path(source).is_file():  # a size mismatch, missing keys, or not a weights file
             raise ValueError(f"the weights in '{source}' do not fit open_clip model {name!r}:\n{err}") from err
         if not isinstance(err, RuntimeError):
@@ -946,82 +1033,3 @@ def _rounded_fp16(clip: ProductCLIP) -> ProductCLIP:
     twin = ProductCLIP(clip.config)
     twin.load_state_dict({k: v.half().float() for k, v in clip.state_dict().items()})
     return twin.eval()
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m dalle2_edu.clip train|evaluate``: train the tiny CLIP and ship it, or grade a saved one.
-
-    :param argv: arguments; None reads ``sys.argv[1:]``.
-    :return: the report (train) or the accuracies (evaluate).
-    """
-    parser = argparse.ArgumentParser(prog="python -m dalle2_edu.clip", description="The tiny CLIP of dalle2_edu.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train on the catalogue, grade zero-shot, save weights and report")
-    defaults = CLIPConfig()
-    train.add_argument("--steps", type=int, default=800)
-    train.add_argument("--batch-size", type=int, default=256)
-    train.add_argument("--lr", type=float, default=2e-3)
-    train.add_argument("--n-train", type=int, default=20000)
-    train.add_argument("--seed", type=int, default=0)
-    layers = ",".join(map(str, defaults.vision_layers))
-    train.add_argument("--vision-layers", default=layers, help=f"'{layers}': a ResNet; one number: a ViT")
-    train.add_argument("--vision-width", type=int, default=defaults.vision_width)
-    train.add_argument("--vision-heads", type=int, default=defaults.vision_heads)
-    train.add_argument("--patch-size", type=int, default=defaults.patch_size, help="ViT only")
-    train.add_argument("--text-layers", type=int, default=defaults.text_layers)
-    train.add_argument("--text-width", type=int, default=defaults.text_width)
-    train.add_argument("--embed-dim", type=int, default=defaults.embed_dim)
-    train.add_argument("--no-augment", action="store_true")
-    train.add_argument("--run-dir", default=None, help="resumable training checkpoints (default: none)")
-    train.add_argument("--out", default=None, help="weights file (default data/checkpoints/clip_tiny.safetensors)")
-    evaluate = sub.add_parser("evaluate", help="zero-shot accuracy of saved weights")
-    evaluate.add_argument("--path", default=None)
-    given = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(given)
-
-    if args.command == "evaluate":
-        grades = evaluate_clip(load_clip(args.path), progress=True)
-        print(json.dumps(grades, indent=2))
-        return grades
-
-    vision_layers = [int(n) for n in args.vision_layers.split(",")]
-    config = CLIPConfig(
-        embed_dim=args.embed_dim, vision_layers=vision_layers if len(vision_layers) > 1 else vision_layers[0],
-        vision_width=args.vision_width, vision_heads=args.vision_heads, patch_size=args.patch_size,
-        text_layers=args.text_layers, text_width=args.text_width,
-    )  # fmt: skip
-    start, start_cpu = time.perf_counter(), time.process_time()
-    clip, trainer = train_clip(
-        config, steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_train=args.n_train, seed=args.seed,
-        out_dir=args.run_dir, augment=not args.no_augment, device="cpu",
-    )  # fmt: skip
-    train_seconds, train_cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
-    clip = clip.cpu()
-    grades = evaluate_clip(clip, progress=True)
-    half = evaluate_clip(_rounded_fp16(clip)) == grades  # fp16 weights only if they grade exactly as fp32 does
-    history = trainer.history
-    cfg = clip.config.to_dict()
-    report = {
-        "command": " ".join(["python -m dalle2_edu.clip", *given]),
-        "zero_shot_accuracy": grades,
-        "eval_sets": EVAL_SETS,
-        "zero_shot_template": ZERO_SHOT_TEMPLATE,
-        "config": {**{k: v for k, v in cfg.items() if k not in ("vocab", "words")}, "vocab_size": len(cfg["vocab"])},
-        "training": {**{k: v for k, v in vars(args).items() if k != "command"}, "trainer": trainer.config["trainer"]},
-        "final": {k: round(float(history[k][-1]), 4) for k in ("loss", "acc", "temperature") if history.get(k)},
-        "n_params": sum(p.numel() for p in clip.parameters()),
-        "train_seconds": round(train_seconds, 1),
-        "train_cpu_seconds": round(train_cpu_seconds, 1),
-        "weights_dtype": "float16" if half else "float32",
-        "weights_dtype_note": "float16 only when it grades every eval set exactly as float32 does",
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-        "date": datetime.date.today().isoformat(),
-    }
-    path = save_clip(clip, args.out, metrics=report, half=half)
-    print(json.dumps(grades, indent=2))
-    print(f"trained in {train_seconds:.0f} s; wrote {path} ({path.stat().st_size / 1e3:.0f} kB) and its .json")
-    return report
-
-
-if __name__ == "__main__":
-    main()

@@ -259,11 +259,11 @@ def train_decoder(
     model, gd = CLIPDecoder(config), config.diffusion.build()
     if init_from is not None:
         init_from_image_model(model, init_from)
+    kwargs = dict(warmup_steps=min(200, max(steps // 10, 1)), ema_decay=0.999, ckpt_every=250 if out_dir else None)
+    kwargs.update(trainer_kwargs)
     trainer = Trainer(
-        model, decoder_loss_fn(gd, config), (images, image_emb.float()), batch_size=batch_size, lr=lr,
-        warmup_steps=min(200, max(steps // 10, 1)), ema_decay=0.999, seed=seed, out_dir=out_dir,
-        ckpt_every=250 if out_dir else None, config={"decoder": config.to_dict()}, progress=progress,
-        **trainer_kwargs,
+        model, decoder_loss_fn(gd, config), (images, image_emb.float()), batch_size=batch_size, lr=lr, seed=seed,
+        out_dir=out_dir, config={"decoder": config.to_dict()}, progress=progress, **kwargs,
     )  # fmt: skip
     trainer.fit(steps, resume=out_dir is not None)
     return trainer, gd

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dalle2_edu.validate import check_count
+
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     """Spherical interpolation between the rows of ``a`` and ``b`` (each row flattened), at fraction ``t``.
@@ -59,8 +61,8 @@ def images_to_tensor(image, name: str = "image") -> torch.Tensor:
     (B, 3, H, W), uint8 in 0..255 or float in [-1, 1] (what :meth:`UnCLIP.generate` returns). PIL images of another
     mode (RGBA, greyscale, palette) are converted to RGB with a warning.
 
-    :raises ValueError: a shape that is not a picture, channels-last tensors, non-square pictures, floats outside
-        [-1, 1], NaN; each message says what to pass instead.
+    :raises ValueError: a shape that is not a picture, an empty batch, channels-last tensors, non-square pictures,
+        floats outside [-1, 1], NaN; each message says what to pass instead.
     """
     from PIL import Image
 
@@ -94,6 +96,10 @@ def images_to_tensor(image, name: str = "image") -> torch.Tensor:
     if x.shape[1] != 3:
         hint = "; it looks channels-last: use .permute(0, 3, 1, 2)" if x.shape[-1] == 3 else ""
         raise ValueError(f"{name} must have 3 colour channels first, (B, 3, H, W), got {shape}{hint}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch, shape {shape}: pass at least one picture")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{name} has no pixels, shape {shape}: pass pictures of at least 1×1")
     if x.shape[2] != x.shape[3]:
         raise ValueError(
             f"{name} is {x.shape[3]}×{x.shape[2]} (width×height) but must be square; crop it first, e.g. "
@@ -217,8 +223,7 @@ def repaint(
     :param generator: seeds every draw.
     :return: (B, C, H, W); equal to ``known`` wherever ``mask`` is 0.
     """
-    if not isinstance(resample, int) or resample < 1:
-        raise ValueError(f"resample must be an int >= 1, got {resample!r}")
+    resample = check_count("resample", resample)
     device = known.device
     randn = lambda: torch.randn(known.shape, generator=generator).to(device)  # noqa: E731
     x = randn()

@@ -143,6 +143,7 @@ def train_image_model(
     out_dir=None,
     sample_every: int | None = None,
     progress: bool = True,
+    **trainer_kwargs,
 ):
     """Train an :class:`AttributeUNet` on the catalogue's training split (32×32) with the project's Trainer.
 
@@ -162,11 +163,12 @@ def train_image_model(
     def sample_fn(ema_model, step):
         return sample_images(ema_model, gd, preview, steps=25, seed=seed)
 
+    kwargs = dict(warmup_steps=200, ema_decay=0.999, ckpt_every=250 if out_dir else None)
+    kwargs.update(trainer_kwargs)
     trainer = Trainer(
         model, image_loss_fn(gd, config.label_drop), (cat.images, cat.labels), batch_size=batch_size, lr=lr,
-        warmup_steps=200, ema_decay=0.999, seed=seed, out_dir=out_dir, ckpt_every=250 if out_dir else None,
-        sample_every=sample_every, sample_fn=sample_fn if sample_every else None,
-        config={"image_model": config.to_dict(), "n_train": n_train}, progress=progress,
+        seed=seed, out_dir=out_dir, sample_every=sample_every, sample_fn=sample_fn if sample_every else None,
+        config={"image_model": config.to_dict(), "n_train": n_train}, progress=progress, **kwargs,
     )  # fmt: skip
     trainer.fit(steps, resume=out_dir is not None)
     return trainer, gd

@@ -27,12 +27,8 @@ another catalogue colour (exactly as the catalogue would draw them, with the col
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
-import platform
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,9 +63,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 assert tuple(ATTRIBUTES) == LABEL_COLUMNS
 
 CLASSIFIER_NAME = "attribute_classifier"
-TRAIN_COMMAND = (
-    'python -c "from dalle2_edu.metrics import train_attribute_classifier_cli; train_attribute_classifier_cli()"'
-)
+TRAIN_COMMAND = "python -m dalle2_edu train classifier --recipe full"
 """The shell command that trains the shipped classifier and writes its weights and report (run from the repo root)."""
 
 # The real pictures the classifier is graded on: never seen in training (other splits, other seed).
@@ -349,6 +343,8 @@ def train_attribute_classifier(
     seed: int = 0,
     eval_sets: dict[str, dict] | None = None,
     progress: bool = True,
+    out_dir=None,
+    **trainer_kwargs,
 ) -> tuple[AttributeClassifier, dict]:
     """Train an :class:`AttributeClassifier` on the catalogue's train split and grade it on real pictures it never saw.
 
@@ -365,6 +361,8 @@ def train_attribute_classifier(
     :param seed: seeds the initial weights, the batches and the augmentation.
     :param eval_sets: the real picture sets to grade on; default :data:`EVAL_SETS`.
     :param progress: show progress bars.
+    :param out_dir: resumable checkpoints go here; None keeps nothing.
+    :param trainer_kwargs: more :class:`~dalle2_edu.train.Trainer` arguments (they win over the defaults above).
     :return: ``(model, metrics)``: the EMA classifier in eval mode on the CPU, and ``dict(accuracy={split: {attribute:
         fraction}}, train_seconds=... (wall clock), train_cpu_seconds=... (this process, all threads), n_params=...,
         config=..., final_loss=...)``.
@@ -372,13 +370,15 @@ def train_attribute_classifier(
     set_seed(seed)
     model = AttributeClassifier(width=width, feature_dim=feature_dim)
     train = ProductCatalogue(n_train, split="train", seed=0, resolution=32, progress=progress)
+    kwargs = dict(weight_decay=0.05, warmup_steps=min(200, steps // 10), lr_schedule="cosine", total_steps=steps,
+                  ema_decay=0.998, device="cpu", ckpt_every=250 if out_dir else None)  # fmt: skip
+    kwargs.update(trainer_kwargs)
     trainer = Trainer(
-        model, classifier_loss, (train.images, train.labels), batch_size=batch_size, lr=lr, weight_decay=0.05,
-        warmup_steps=min(200, steps // 10), lr_schedule="cosine", total_steps=steps, ema_decay=0.998,
-        device="cpu", seed=seed, config=model.config, progress=progress,
+        model, classifier_loss, (train.images, train.labels), batch_size=batch_size, lr=lr, seed=seed,
+        config=model.config, progress=progress, out_dir=out_dir, **kwargs,
     )  # fmt: skip
     start, start_cpu = time.perf_counter(), time.process_time()
-    trainer.fit(steps)
+    trainer.fit(steps, resume=out_dir is not None)
     train_seconds, train_cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     classifier = trainer.ema_model.cpu().eval()
     config = {
@@ -484,64 +484,6 @@ def _classifier_or_default(classifier: AttributeClassifier | None) -> AttributeC
     if path not in _LOADED:
         _LOADED[path] = load_attribute_classifier(path)
     return _LOADED[path]
-
-
-def train_attribute_classifier_cli(argv: Sequence[str] | None = None) -> dict:
-    """Train the attribute classifier, check that float16 weights grade the same, and ship weights and report.
-
-    The command line (see :data:`TRAIN_COMMAND`; ``--help`` lists the options)::
-
-        python -c "from dalle2_edu.metrics import train_attribute_classifier_cli; train_attribute_classifier_cli()"
-
-    :param argv: arguments; ``None`` reads ``sys.argv[1:]``.
-    :return: the report written beside the weights.
-    """
-    parser = argparse.ArgumentParser(
-        prog="train_attribute_classifier", description="Train the attribute classifier behind dalle2_edu.metrics."
-    )
-    parser.add_argument("--n-train", type=int, default=20000, help="training pictures (32x32)")
-    parser.add_argument("--steps", type=int, default=1500, help="optimizer updates")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--width", type=int, default=32, help="first-stage channels")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="weights file (default data/checkpoints/attribute_classifier...)")
-    parser.add_argument("--floor-n", type=int, default=2000, help="pictures per side for the real-data FID floor")
-    given = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(given)
-
-    classifier, metrics = train_attribute_classifier(
-        args.n_train, args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width, seed=args.seed
-    )
-    # float16 weights halve the file; keep them only if they grade every picture set exactly as well as float32
-    rounded = AttributeClassifier(width=classifier.width, feature_dim=classifier.feature_dim)
-    rounded.load_state_dict({name: t.half().float() for name, t in classifier.state_dict().items()})
-    half = grade_classifier(rounded.eval()) == metrics["accuracy"]
-    shipped = rounded if half else classifier
-    floor_fid = fid_floor(n=args.floor_n, classifier=shipped)
-    floor_kid = kid_floor(n=args.floor_n, classifier=shipped)
-    command = " ".join([TRAIN_COMMAND, *given])
-    report = {
-        "config": metrics["config"],
-        "command": command,
-        "n_params": metrics["n_params"],
-        "train_seconds": metrics["train_seconds"],
-        "train_cpu_seconds": metrics["train_cpu_seconds"],
-        "accuracy": metrics["accuracy"],
-        "eval_sets": EVAL_SETS,
-        "weights_dtype": "float16" if half else "float32",
-        "weights_dtype_note": "float16 only when it grades every eval set exactly as float32 does",
-        "fid_floor": {"n": args.floor_n, "fid": round(floor_fid, 4), "what": "FID(train pictures, test pictures)"},
-        "kid_floor": {"n": args.floor_n, "mean": floor_kid[0], "std": floor_kid[1]},
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
-        "date": datetime.date.today().isoformat(),
-    }
-    weights, report_path = save_attribute_classifier(classifier, report, args.out, half=half)
-    worst = min(acc for split in metrics["accuracy"].values() for key, acc in split.items() if key != "n")
-    print(f"trained in {metrics['train_seconds']:.0f} s; worst head accuracy on real pictures {worst:.4f}")
-    print(f"FID floor (n={args.floor_n}) {floor_fid:.4f}; KID floor {floor_kid[0]:.2e} ± {floor_kid[1]:.1e}")
-    print(f"wrote {weights} ({weights.stat().st_size / 1e3:.0f} kB) and {report_path}")
-    return report
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -14,11 +14,24 @@ Every stage is its own module (:mod:`~dalle2_edu.clip`, :mod:`~dalle2_edu.prior`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from dalle2_edu.validate import (
+    check_amounts,
+    check_count,
+    check_counts,
+    check_eta,
+    check_guidance_scale,
+    check_int,
+    check_prompts,
+    check_seed,
+    offset_seed,
+)
 
 CHECKPOINT_FILES = {
     "clip": "clip_tiny.safetensors",
@@ -28,15 +41,37 @@ CHECKPOINT_FILES = {
 }
 """Stage -> file name inside a checkpoint folder (each with a ``.json`` of config, command and metrics beside it)."""
 
+SEED_BLOCK = 64
+""":meth:`UnCLIP.generate`'s unit of randomness. The pictures of a call are numbered prompt-major (the n pictures of
+prompt 0 first) and cut into blocks of ``SEED_BLOCK``; block k draws its prior, decoder and upsampler noise from
+``block_seed(seed, k)`` + 0, + 1, + 2. So a picture does not depend on ``batch_size`` (how many go through the
+decoder at once), and a call of up to ``SEED_BLOCK`` pictures is exactly the stages run by hand with ``seed``,
+``seed + 1``, ``seed + 2``. The prior and the upsampler run one whole block at a time (they draw their noise from a
+seed, for the whole batch they are given), so they hold at most ``SEED_BLOCK`` pictures whatever ``batch_size``."""
+
+
+def block_seed(seed: int, block: int) -> int:
+    """The seed of picture block ``block`` (see :data:`SEED_BLOCK`) of a call seeded ``seed``: ``seed`` itself for
+    block 0, so small calls draw what they always drew; for later blocks a 63-bit hash of ``(seed, block)``, so no
+    block of one seed repeats a block of another (``seed + block`` would: seed 1's block 0 = seed 0's block 1)."""
+    if block == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, block]).generate_state(1, np.uint64)[0]) >> 1
+
 
 @dataclass
 class Generation:
-    """What :meth:`UnCLIP.generate` returns.
+    """What :meth:`UnCLIP.generate` returns (and each chunk :meth:`UnCLIP.generate_batches` yields).
 
     :ivar tensors: (len(prompts) * n, 3, H, W) pictures in [-1, 1], prompt-major (the n pictures of prompt 0 first).
     :ivar prompts: the prompt of each picture, in the same order.
     :ivar image_emb: (len(prompts) * n, d) the image embeddings the decoder was conditioned on.
     :ivar low_res: (len(prompts) * n, 3, 32, 32) the decoder's pictures before upsampling.
+    :ivar timings: seconds spent in each stage (``prior_s``, ``decoder_s``, ``upsampler_s``).
+    :ivar nrow: pictures per row of :meth:`grid` (``n`` for :meth:`UnCLIP.generate`); None: the length of the first
+        run of equal prompts.
+    :ivar start: the index of the first picture within the whole call (a chunk of ``generate_batches`` starts there;
+        picture ``start + j`` is picture ``(start + j) % n`` of prompt ``(start + j) // n``).
     """
 
     tensors: torch.Tensor
@@ -44,6 +79,8 @@ class Generation:
     image_emb: torch.Tensor
     low_res: torch.Tensor
     timings: dict = field(default_factory=dict)
+    nrow: int | None = None
+    start: int = 0
 
     @property
     def images(self) -> list:
@@ -51,13 +88,16 @@ class Generation:
         return to_pil(self.tensors)
 
     def grid(self, nrow: int | None = None, scale: int = 1):
-        """All pictures tiled into one PIL image, ``nrow`` per row (default: n, i.e. one row per prompt)."""
+        """All pictures tiled into one PIL image, ``nrow`` per row (default: :attr:`nrow`, i.e. one row per prompt)."""
         from PIL import Image
 
         from dalle2_edu.viz import image_grid
 
-        n_per_prompt = len(self.prompts) // max(len(dict.fromkeys(self.prompts)), 1)
-        grid = Image.fromarray(image_grid(self.tensors, nrow=nrow or n_per_prompt).numpy())
+        if nrow is None:
+            nrow = self.nrow or next((i for i, p in enumerate(self.prompts) if p != self.prompts[0]), len(self.prompts))
+        nrow = check_count("nrow", nrow)
+        scale = check_count("scale", scale)
+        grid = Image.fromarray(image_grid(self.tensors, nrow=nrow).numpy())
         return grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST) if scale != 1 else grid
 
 
@@ -69,20 +109,7 @@ def to_pil(images: torch.Tensor) -> list:
     return [Image.fromarray(a.cpu().numpy()) for a in arrays]
 
 
-def _check_prompts(prompt: str | Sequence[str]) -> list[str]:
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, list | tuple) else None
-    if prompts is None or not prompts:
-        raise ValueError(f"prompt must be a non-empty string or a non-empty list of strings, got {prompt!r}")
-    for p in prompts:
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"every prompt must be a non-empty string (e.g. 'a red mug'), got {p!r}")
-    return prompts
-
-
-def _check_positive_int(name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+_check_prompts = check_prompts  # the name this module used before validate.py
 
 
 class UnCLIP:
@@ -101,7 +128,7 @@ class UnCLIP:
     @classmethod
     def from_pretrained(cls, path="data/checkpoints", device: str = "cpu", upsampler: bool = True) -> UnCLIP:
         """Load every stage from a folder holding :data:`CHECKPOINT_FILES` (written by ``python -m dalle2_edu
-        pretrain`` or shipped in ``data/checkpoints``). A relative path that does not exist from the working
+        train all`` or shipped in ``data/checkpoints``). A relative path that does not exist from the working
         directory is also tried inside the project (so notebooks can pass "data/checkpoints" from ``notebooks/``).
 
         :param upsampler: load the 32→64 upsampler too (skipped silently when its file is absent).
@@ -120,13 +147,17 @@ class UnCLIP:
             raise FileNotFoundError(
                 f"checkpoint folder {str(path)!r} does not exist; pass the folder that holds "
                 f"{', '.join(CHECKPOINT_FILES.values())} (the shipped ones are in data/checkpoints) or make one with "
-                f"`python -m dalle2_edu pretrain --out {path}`"
+                f"`python -m dalle2_edu train all --out {path}`"
             )
         missing = [f for k, f in CHECKPOINT_FILES.items() if k != "upsampler" and not (folder / f).exists()]
         if missing:
             raise FileNotFoundError(
-                f"{folder} lacks {', '.join(missing)}; run `python -m dalle2_edu pretrain --out {folder}` to train them"
+                f"{folder} lacks {', '.join(missing)}; run `python -m dalle2_edu train all --out {folder}` to train "
+                "them"
             )
+        from dalle2_edu.recipes.runner import check_checkpoint_set
+
+        check_checkpoint_set(folder)  # a prior or decoder trained against another CLIP than this one: refuse
         dev = get_device(device)
         ups = None
         if upsampler and (folder / CHECKPOINT_FILES["upsampler"]).exists():
@@ -147,6 +178,30 @@ class UnCLIP:
         return emb.to(self.device), tokens.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
+    def _block_embeddings(
+        self, prompts, n, start, stop, seed, use_prior, prior_steps, prior_guidance_scale, n_candidates, progress
+    ) -> torch.Tensor:
+        """(stop - start, d) image embeddings of pictures ``start .. stop - 1`` (one :data:`SEED_BLOCK`), the prior
+        seeded with ``seed``. Only the prompts those pictures show are encoded."""
+        from dalle2_edu.prior import sample_prior
+
+        first, last = start // n, (stop - 1) // n
+        text_emb, tokens, mask = self.text_embeddings(prompts[first : last + 1])
+        rows = torch.arange(start, stop, device=text_emb.device) // n - first  # the prompt of each picture
+        pick = lambda x: x.index_select(0, rows)  # noqa: E731  (prompts, ...) -> (pictures, ...)
+        if not use_prior or self.prior is None:
+            return pick(text_emb)
+        prior, gd = self.prior
+        if prior.config.token_dim is None:  # a prior conditioned on the text embedding alone
+            tokens = mask = None
+        else:
+            tokens, mask = pick(tokens), pick(mask)
+        return sample_prior(
+            prior, gd, pick(text_emb), tokens, mask, n_candidates=n_candidates,
+            steps=min(prior_steps, gd.num_timesteps), guidance_scale=prior_guidance_scale, seed=seed, progress=progress,
+        )  # fmt: skip
+
+    @torch.no_grad()
     def image_embeddings_from_text(
         self,
         prompts: list[str],
@@ -159,22 +214,35 @@ class UnCLIP:
         progress: bool = False,
     ) -> torch.Tensor:
         """(len(prompts) * n, d) image embeddings: sampled by the prior (best of ``n_candidates``), or the text
-        embedding itself when ``use_prior`` is False."""
-        from dalle2_edu.prior import sample_prior
+        embedding itself when ``use_prior`` is False; exactly those :meth:`generate` conditions the decoder on.
 
-        text_emb, tokens, mask = self.text_embeddings(prompts)
-        rep = lambda x: x.repeat_interleave(n, dim=0)  # noqa: E731  (B, ...) -> (B * n, ...)
-        if not use_prior or self.prior is None:
-            return rep(text_emb)
-        prior, gd = self.prior
-        if prior.config.token_dim is None:  # a prior conditioned on the text embedding alone
-            tokens = mask = None
-        else:
-            tokens, mask = rep(tokens), rep(mask)
-        return sample_prior(
-            prior, gd, rep(text_emb), tokens, mask, n_candidates=n_candidates,
-            steps=min(prior_steps, gd.num_timesteps), guidance_scale=prior_guidance_scale, seed=seed, progress=progress,
-        )  # fmt: skip
+        The prior runs once per :data:`SEED_BLOCK` of pictures, seeded by :func:`block_seed` (``seed`` itself when
+        there are at most ``SEED_BLOCK`` pictures).
+        """
+        prompts = check_prompts(prompts)
+        n, prior_steps, n_candidates = check_counts(n=n, prior_steps=prior_steps, n_candidates=n_candidates)
+        prior_guidance_scale = check_guidance_scale(prior_guidance_scale, "prior_guidance_scale")
+        seed = check_seed(seed)
+        blocks = _blocks(len(prompts) * n)
+        return torch.cat([
+            self._block_embeddings(prompts, n, a, b, block_seed(seed, k), use_prior, prior_steps, prior_guidance_scale,
+                                   n_candidates, progress)
+            for k, (a, b) in enumerate(blocks)
+        ])  # fmt: skip
+
+    def _start_noise(self, count: int, seed: int) -> torch.Tensor:
+        """(count, 3, s, s) starting noise x_T for the decoder, drawn on the CPU from ``seed`` exactly as the sampler
+        draws it when it is given only the seed."""
+        s = self.image_size
+        return torch.randn(count, 3, s, s, generator=torch.Generator().manual_seed(seed))
+
+    def decoder_start_noise(self, total: int, seed: int = 0) -> torch.Tensor:
+        """(total, 3, s, s) the decoder's starting noise x_T for pictures 0 .. total - 1 of a :meth:`generate` call
+        seeded ``seed`` (block by block, see :data:`SEED_BLOCK`), on the CPU. With ``decode(..., noise=...)`` it
+        reproduces ``generate``'s pictures stage by stage (the explorer of :mod:`~dalle2_edu.widgets` does so)."""
+        total, seed = check_count("total", total), check_seed(seed)
+        blocks = enumerate(_blocks(total))
+        return torch.cat([self._start_noise(b - a, offset_seed(block_seed(seed, k), 1)) for k, (a, b) in blocks])
 
     @torch.no_grad()
     def decode(
@@ -187,9 +255,15 @@ class UnCLIP:
         seed: int = 0,
         progress: bool = False,
     ) -> torch.Tensor:
-        """(B, d) image embeddings → (B, 3, 32, 32) pictures in [-1, 1] (DDIM with classifier-free guidance)."""
+        """(B, d) image embeddings → (B, 3, 32, 32) pictures in [-1, 1] (DDIM with classifier-free guidance).
+
+        :param guidance_scale: finite, >= 0 (:func:`~dalle2_edu.validate.check_guidance_scale`).
+        :param eta: DDIM's η in [0, 1] (:func:`~dalle2_edu.validate.check_eta`).
+        """
         from dalle2_edu.decoder import sample_decoder
 
+        guidance_scale, eta = check_guidance_scale(guidance_scale), check_eta(eta)
+        steps, seed = check_count("steps", steps), check_seed(seed)
         decoder, gd = self.decoder
         return sample_decoder(
             decoder, gd, image_emb.to(self.device), steps=min(steps, gd.num_timesteps), guidance_scale=guidance_scale,
@@ -199,6 +273,7 @@ class UnCLIP:
     @torch.no_grad()
     def upsample(self, low_res: torch.Tensor, steps: int = 10, seed: int = 0, progress: bool = False) -> torch.Tensor:
         """(B, 3, 32, 32) → (B, 3, 64, 64) with the upsampler (bilinear when none is loaded)."""
+        steps, seed = check_count("steps", steps), check_seed(seed)
         if self.upsampler is None:
             return torch.nn.functional.interpolate(low_res, scale_factor=2, mode="bilinear", align_corners=False)
         from dalle2_edu.upsampler import upsample
@@ -222,40 +297,143 @@ class UnCLIP:
         upsample: bool = True,
         upsample_steps: int = 10,
         progress: bool = False,
+        batch_size: int = SEED_BLOCK,
     ) -> Generation:
-        """Draw ``n`` pictures for each prompt, all prompts in one batch.
+        """Draw ``n`` pictures for each prompt, ``batch_size`` pictures at a time.
 
-        :param prompt: a caption in the catalogue's words ("a red striped mug on a wooden table"), or a list.
+        :param prompt: a caption in the catalogue's words ("a red striped mug on a wooden table"), or a list; a list
+            may repeat a prompt (each copy gets its own row of ``n`` pictures).
         :param n: pictures per prompt.
-        :param guidance_scale: the decoder's classifier-free guidance scale (1: none; 3 is a good default).
+        :param guidance_scale: the decoder's classifier-free guidance scale (0: unconditional, 1: none; 3 is a good
+            default; :func:`~dalle2_edu.validate.check_guidance_scale`).
         :param steps: the decoder's DDIM steps.
-        :param seed: fixes every random draw: same seed, same pictures.
+        :param seed: fixes every random draw: same seed, same pictures (an int in [0, 2**63 - 1]).
         :param use_prior: sample image embeddings with the prior (True), or feed the text embedding to the decoder.
         :param prior_steps, prior_guidance_scale, n_candidates: the prior's DDIM steps, guidance and best-of-n.
         :param upsample: run the 32→64 upsampler (when loaded).
-        :raises ValueError: an empty prompt, a word the model never saw, n < 1, steps < 1, guidance_scale < 0.
+        :param batch_size: pictures per decoder batch: working memory grows with it, not with n. The pictures do not
+            depend on it (see :data:`SEED_BLOCK`).
+        :return: all the pictures in one :class:`Generation`; for many pictures use :meth:`generate_batches`, which
+            hands them over batch by batch instead of holding them all.
+        :raises ValueError: an empty prompt, a word the model never saw, n < 1, steps < 1, a guidance scale that is
+            negative or not finite, a seed outside [0, 2**63 - 1].
         """
+        chunks = self.generate_batches(
+            prompt, n, guidance_scale, steps, seed, use_prior, prior_steps, prior_guidance_scale, n_candidates,
+            upsample, upsample_steps, progress, batch_size,
+        )  # fmt: skip
+        first = next(chunks)
+        prompts = check_prompts(prompt)
+        total = len(prompts) * first.nrow
+
+        def room(x: torch.Tensor) -> torch.Tensor:  # the whole result, filled chunk by chunk (no second copy)
+            return torch.empty((total, *x.shape[1:]), dtype=x.dtype, device=x.device)
+
+        tensors, image_emb, low_res = room(first.tensors), room(first.image_emb), room(first.low_res)
+        timings = dict.fromkeys(first.timings, 0.0)
+        for chunk in _chain(first, chunks):
+            stop = chunk.start + len(chunk.prompts)
+            tensors[chunk.start : stop] = chunk.tensors
+            image_emb[chunk.start : stop] = chunk.image_emb
+            low_res[chunk.start : stop] = chunk.low_res
+            for key, seconds in chunk.timings.items():
+                timings[key] = timings.get(key, 0.0) + seconds
+        expanded = [p for p in prompts for _ in range(first.nrow)]
+        return Generation(tensors, expanded, image_emb, low_res, timings, nrow=first.nrow)
+
+    def generate_batches(
+        self,
+        prompt: str | Sequence[str],
+        n: int = 4,
+        guidance_scale: float = 3.0,
+        steps: int = 25,
+        seed: int = 0,
+        use_prior: bool = True,
+        prior_steps: int = 64,
+        prior_guidance_scale: float = 1.0,
+        n_candidates: int = 2,
+        upsample: bool = True,
+        upsample_steps: int = 10,
+        progress: bool = False,
+        batch_size: int = SEED_BLOCK,
+    ) -> Iterator[Generation]:
+        """:meth:`generate`, handed over as it goes: yields :class:`Generation` chunks of at most ``batch_size``
+        consecutive pictures (prompt-major; ``chunk.start`` is the index of a chunk's first picture), so pictures can
+        be written to disk as they come and memory stays flat however large ``n`` is.
+
+            >>> for chunk in pipe.generate_batches("a red mug", n=1000, batch_size=32):  # doctest: +SKIP
+            ...     for j, image in enumerate(chunk.images):
+            ...         image.save(f"out/{chunk.start + j:05d}.png")
+
+        The arguments are those of :meth:`generate` and are checked here, before the first picture is drawn (an
+        unknown word fails at this call, not at the first ``next``). Concatenated, the chunks are exactly what
+        :meth:`generate` returns with the same arguments, for any ``batch_size``.
+        """
+        prompts = check_prompts(prompt)
+        n, steps, prior_steps, upsample_steps, n_candidates, batch_size = check_counts(
+            n=n, steps=steps, prior_steps=prior_steps, upsample_steps=upsample_steps, n_candidates=n_candidates,
+            batch_size=batch_size,
+        )  # fmt: skip
+        guidance_scale = check_guidance_scale(guidance_scale)
+        prior_guidance_scale = check_guidance_scale(prior_guidance_scale, "prior_guidance_scale")
+        seed = check_seed(seed)
+        self.clip.tokenize(prompts)  # unknown words fail now, with the list of known ones
+        prior_kw = dict(use_prior=use_prior, prior_steps=prior_steps, prior_guidance_scale=prior_guidance_scale,
+                        n_candidates=n_candidates, progress=progress)  # fmt: skip
+        return self._generate_chunks(prompts, n, guidance_scale, steps, seed, prior_kw, upsample, upsample_steps,
+                                     progress, batch_size)  # fmt: skip
+
+    @torch.no_grad()
+    def _generate_chunks(
+        self, prompts, n, guidance_scale, steps, seed, prior_kw, upsample, upsample_steps, progress, batch_size
+    ) -> Iterator[Generation]:
+        """The work of :meth:`generate_batches`, after its checks. Blocks of :data:`SEED_BLOCK` pictures are taken a
+        group at a time (several blocks when ``batch_size`` holds several): prior per block, decoder in batches of
+        ``batch_size`` with the blocks' own starting noise, upsampler per block; then the group is handed over in
+        chunks of ``batch_size``."""
         import time
 
-        prompts = _check_prompts(prompt)
-        _check_positive_int("n", n)
-        _check_positive_int("steps", steps)
-        if not isinstance(guidance_scale, int | float) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a number >= 0 (1 = no guidance), got {guidance_scale!r}")
-        times = {}
-        start = time.perf_counter()
-        image_emb = self.image_embeddings_from_text(
-            prompts, n, use_prior, prior_steps, prior_guidance_scale, n_candidates, seed=seed, progress=progress
-        )
-        times["prior_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        low_res = self.decode(image_emb, guidance_scale, steps, seed=seed + 1, progress=progress)
-        times["decoder_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        images = self.upsample(low_res, upsample_steps, seed=seed + 2, progress=progress) if upsample else low_res
-        times["upsampler_s"] = time.perf_counter() - start
-        expanded = [p for p in prompts for _ in range(n)]
-        return Generation(images.cpu(), expanded, image_emb.cpu(), low_res.cpu(), times)
+        from tqdm.auto import tqdm
+
+        blocks = list(enumerate(_blocks(len(prompts) * n)))  # [(k, (start, stop)), ...]
+        per_group = max(1, batch_size // SEED_BLOCK)
+        bar = tqdm(total=len(prompts) * n, desc="pictures", unit="picture", disable=not progress, leave=False)
+        try:
+            for g in range(0, len(blocks), per_group):
+                group = blocks[g : g + per_group]
+                seeds = {k: block_seed(seed, k) for k, _ in group}  # prior: + 0, decoder: + 1, upsampler: + 2
+                start = group[0][1][0]
+                t0 = time.perf_counter()
+                image_emb = torch.cat([
+                    self._block_embeddings(prompts, n, a, b, seeds[k], **prior_kw) for k, (a, b) in group
+                ])  # fmt: skip
+                t1 = time.perf_counter()
+                noise = torch.cat([self._start_noise(b - a, offset_seed(seeds[k], 1)) for k, (a, b) in group])
+                low_res = torch.cat([
+                    self.decode(image_emb[j : j + batch_size], guidance_scale, steps, noise=noise[j : j + batch_size],
+                                progress=progress)
+                    for j in range(0, len(image_emb), batch_size)
+                ])  # fmt: skip
+                t2 = time.perf_counter()
+                if upsample:
+                    images = torch.cat([
+                        self.upsample(low_res[a - start : b - start], upsample_steps, offset_seed(seeds[k], 2),
+                                      progress)
+                        for k, (a, b) in group
+                    ])  # fmt: skip
+                else:
+                    images = low_res
+                times = {"prior_s": t1 - t0, "decoder_s": t2 - t1, "upsampler_s": time.perf_counter() - t2}
+                images, image_emb, low_res = images.cpu(), image_emb.cpu(), low_res.cpu()
+                for j in range(0, len(images), batch_size):
+                    a = start + j
+                    labels = [prompts[i // n] for i in range(a, a + len(images[j : j + batch_size]))]
+                    yield Generation(images[j : j + batch_size], labels, image_emb[j : j + batch_size],
+                                     low_res[j : j + batch_size], times, nrow=n, start=a)  # fmt: skip
+                    times = dict.fromkeys(times, 0.0)  # a group's seconds are counted once, with its first chunk
+                    bar.update(len(labels))
+        finally:
+            bar.close()
 
     # ------------------------------------------------------------------------------------------------ edits
     @property
@@ -294,17 +472,21 @@ class UnCLIP:
         """
         from dalle2_edu.decoder import guided_decoder, respaced
 
+        steps = check_count("steps", steps)
         decoder, gd = self.decoder
         net = guided_decoder(decoder, image_emb.to(self.device), 1.0)
         return respaced(gd, min(steps, gd.num_timesteps)).ddim_invert(net, low_res.to(self.device), progress=progress)
 
-    def _finish(self, low_res, labels, image_emb, upsample, upsample_steps, seed, progress, times) -> Generation:
+    def _finish(self, low_res, labels, image_emb, upsample, upsample_steps, seed, progress, times, nrow) -> Generation:
+        """Upsample an edit's pictures (from ``seed + 2``, as :meth:`generate` does) and wrap them up."""
         import time
 
         start = time.perf_counter()
-        images = self.upsample(low_res, upsample_steps, seed=seed, progress=progress) if upsample else low_res
+        images = low_res
+        if upsample:
+            images = self.upsample(low_res, upsample_steps, seed=offset_seed(seed, 2), progress=progress)
         times["upsampler_s"] = time.perf_counter() - start
-        return Generation(images.cpu(), labels, image_emb.cpu(), low_res.cpu(), times)
+        return Generation(images.cpu(), labels, image_emb.cpu(), low_res.cpu(), times, nrow=nrow)
 
     @torch.no_grad()
     def variations(
@@ -327,14 +509,15 @@ class UnCLIP:
         differ. η = 0 with inversion gives back (approximately) the picture itself.
 
         :param image: PIL image(s), uint8 array, or tensor (B, 3, H, H) in [-1, 1] (e.g. ``generate(...).tensors``).
-        :return: a :class:`Generation` with ``n`` pictures per input picture, input-major; ``prompts`` holds labels.
+        :param eta: DDIM's η in [0, 1] (:func:`~dalle2_edu.validate.check_eta`).
+        :param guidance_scale, steps, seed: as for :meth:`generate`.
+        :return: a :class:`Generation` with ``n`` pictures per input picture, input-major (one grid row per input
+            picture); ``prompts`` holds labels.
         """
         import time
 
-        _check_positive_int("n", n)
-        _check_positive_int("steps", steps)
-        if not isinstance(eta, int | float) or eta < 0:
-            raise ValueError(f"eta must be a number >= 0 (0: deterministic, 1: as noisy as DDPM), got {eta!r}")
+        n, steps, upsample_steps = check_counts(n=n, steps=steps, upsample_steps=upsample_steps)
+        eta, guidance_scale, seed = check_eta(eta), check_guidance_scale(guidance_scale), check_seed(seed)
         start = time.perf_counter()
         _, low, z = self._prepare(image)
         noise = self.invert(low, z, steps, progress) if invert else None
@@ -343,7 +526,7 @@ class UnCLIP:
         out = self.decode(z_n, guidance_scale, steps, eta=eta, noise=noise, seed=seed, progress=progress)
         labels = [f"variation {j + 1} of picture {i + 1}" for i in range(low.shape[0]) for j in range(n)]
         times = {"decoder_s": time.perf_counter() - start}
-        return self._finish(out, labels, z_n, upsample, upsample_steps, seed + 2, progress, times)
+        return self._finish(out, labels, z_n, upsample, upsample_steps, seed, progress, times, nrow=n)
 
     @torch.no_grad()
     def interpolate(
@@ -370,10 +553,9 @@ class UnCLIP:
 
         from dalle2_edu.edits import slerp
 
-        _check_positive_int("steps", steps)
-        _check_positive_int("decoder_steps", decoder_steps)
-        if steps < 2:
-            raise ValueError(f"steps must be >= 2 (the two ends), got {steps}")
+        steps = check_int("steps", steps, low=2, hint="(the two ends and the pictures between them)")
+        decoder_steps, upsample_steps = check_counts(decoder_steps=decoder_steps, upsample_steps=upsample_steps)
+        guidance_scale, seed = check_guidance_scale(guidance_scale), check_seed(seed)
         start = time.perf_counter()
         lows, zs = [], []
         for name, image in (("image_a", image_a), ("image_b", image_b)):
@@ -391,7 +573,7 @@ class UnCLIP:
         out = self.decode(z_path, guidance_scale, decoder_steps, eta=0.0, noise=noise_path, seed=seed)
         labels = [f"{f:.2f} of the way from a to b" for f in frac.tolist()]
         times = {"decoder_s": time.perf_counter() - start}
-        return self._finish(out, labels, z_path, upsample, upsample_steps, seed + 2, progress, times)
+        return self._finish(out, labels, z_path, upsample, upsample_steps, seed, progress, times, nrow=steps)
 
     @torch.no_grad()
     def text_diff(
@@ -414,18 +596,21 @@ class UnCLIP:
         picture's DDIM-inverted noise with η = 0, so what the words do not mention stays as it was.
 
         :param image: one picture or a batch (see :meth:`variations`); every picture gets the same edit.
-        :param amount: θ, or a list of θ for a row of increasingly strong edits (picture-major output).
+        :param amount: θ in [0, 1], or a list (or 1-D array) of θ for a row of increasingly strong edits
+            (picture-major output, one grid row per picture; :func:`~dalle2_edu.validate.check_amounts`).
         :raises ValueError: an empty text, a word CLIP does not know, θ outside [0, 1].
         """
         import time
 
         from dalle2_edu.edits import slerp
 
-        from_text, to_text = _check_prompts(from_text)[0], _check_prompts(to_text)[0]
-        amounts = [amount] if isinstance(amount, int | float) else list(amount)
-        if not amounts or not all(isinstance(a, int | float) and 0 <= a <= 1 for a in amounts):
-            raise ValueError(f"amount must be a number in [0, 1] (or a list of them), got {amount!r}")
-        _check_positive_int("steps", steps)
+        for name, text in (("from_text", from_text), ("to_text", to_text)):
+            if not isinstance(text, str):
+                raise ValueError(f"{name} must be one string, e.g. 'a red mug', got {text!r}")
+            check_prompts(text, name)
+        amounts = check_amounts(amount)
+        steps, upsample_steps = check_counts(steps=steps, upsample_steps=upsample_steps)
+        guidance_scale, seed = check_guidance_scale(guidance_scale), check_seed(seed)
         start = time.perf_counter()
         _, low, z = self._prepare(image)
         text = self.clip.encode_text([from_text, to_text]).to(self.device)
@@ -438,7 +623,7 @@ class UnCLIP:
         out = self.decode(z_edit, guidance_scale, steps, eta=0.0, noise=noise.repeat_interleave(k, dim=0), seed=seed)
         labels = [f"{from_text} → {to_text}, θ = {a:g}" for _ in range(B) for a in amounts]
         times = {"decoder_s": time.perf_counter() - start}
-        return self._finish(out, labels, z_edit, upsample, upsample_steps, seed + 2, progress, times)
+        return self._finish(out, labels, z_edit, upsample, upsample_steps, seed, progress, times, nrow=k)
 
     @torch.no_grad()
     def inpaint(
@@ -476,11 +661,12 @@ class UnCLIP:
         from dalle2_edu.decoder import guided_decoder, respaced
         from dalle2_edu.edits import fit_size, mask_to_size, mask_to_tensor, repaint
 
-        prompts = _check_prompts(prompt)
+        prompts = check_prompts(prompt)
         if len(prompts) != 1:
             raise ValueError(f"inpaint takes one prompt, got {len(prompts)}")
-        _check_positive_int("n", n)
-        _check_positive_int("steps", steps)
+        n, steps, upsample_steps = check_counts(n=n, steps=steps, upsample_steps=upsample_steps)
+        resample, prior_steps = check_counts(resample=resample, prior_steps=prior_steps)
+        guidance_scale, seed = check_guidance_scale(guidance_scale), check_seed(seed)
         start = time.perf_counter()
         full, low, _ = self._prepare(image)
         if full.shape[0] != 1:
@@ -495,17 +681,27 @@ class UnCLIP:
         try:
             out = repaint(
                 respaced(gd, min(steps, gd.num_timesteps)), net, low.expand(n, -1, -1, -1), m_low.expand(n, -1, -1, -1),
-                resample=resample, generator=torch.Generator().manual_seed(seed + 1), progress=progress,
+                resample=resample, generator=torch.Generator().manual_seed(offset_seed(seed, 1)), progress=progress,
             ).clamp(-1, 1)  # fmt: skip
         finally:
             decoder.train(was_training)
         times = {"decoder_s": time.perf_counter() - start}
-        result = self._finish(out, [prompts[0]] * n, z, upsample, upsample_steps, seed + 2, progress, times)
+        result = self._finish(out, [prompts[0]] * n, z, upsample, upsample_steps, seed, progress, times, nrow=n)
         size = result.tensors.shape[-1]
         keep_image = fit_size(full, size, "image").cpu()
         keep_mask = mask_to_size(m_full, size).cpu() if size != full.shape[-1] else m_full.cpu()
         result.tensors = keep_mask * result.tensors + (1 - keep_mask) * keep_image
         return result
+
+
+def _blocks(total: int) -> list[tuple[int, int]]:
+    """Pictures ``0 .. total - 1`` cut into blocks of :data:`SEED_BLOCK`: ``[(start, stop), ...]``."""
+    return [(a, min(a + SEED_BLOCK, total)) for a in range(0, total, SEED_BLOCK)]
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
 
 
 def prompt_attributes(prompts: Sequence[str]) -> list[dict]:

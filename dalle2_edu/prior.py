@@ -28,7 +28,6 @@ text embedding (:func:`best_of_n`).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -515,7 +514,7 @@ def load_prior(path=None, device="cpu") -> tuple[DiffusionPrior, GaussianDiffusi
     """
     from dalle2_edu.checkpoint import load_model
 
-    how = ("train one with `python -m dalle2_edu.prior train` (or dalle2_edu.prior.train_prior(...) then "
+    how = ("train one with `python -m dalle2_edu train prior --out FOLDER` (or dalle2_edu.prior.train_prior(...) then "
            "save_prior(trainer.ema_model, path))")  # fmt: skip
     model = load_model(default_prior_path() if path is None else path, "prior",
                        lambda cfg: DiffusionPrior(PriorConfig.from_dict(cfg)), how, device)  # fmt: skip
@@ -579,84 +578,3 @@ def evaluate_prior(
                              guidance_scale=guidance_scale, seed=seed + len(text))  # fmt: skip
         report["spread"] = mean_pairwise_cosine(draws.view(k, n, -1).cpu())
     return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m dalle2_edu.prior train``: embed the catalogue with the shipped tiny CLIP, train, evaluate, save."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m dalle2_edu.prior", description=main.__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train the prior on CLIP embeddings of the catalogue and save it")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--width", type=int, default=128)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--no-tokens", action="store_true", help="condition on the text embedding alone")
-    p.add_argument("--n-train", type=int, default=20000)
-    p.add_argument("--n-eval", type=int, default=1000, help="captions per evaluation split (test, heldout)")
-    p.add_argument("--n-eval-extra", type=int, default=250, help="captions for the other settings (1 sample, ...)")
-    p.add_argument("--eval-steps", type=int, default=64, help="DDIM steps when sampling for the evaluation")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clip", default=None, help="CLIP weights (default: the shipped clip_tiny)")
-    p.add_argument("--run-dir", default="runs/prior", help="resumable training checkpoints")
-    p.add_argument("--out", default=None, help="weights file (default data/checkpoints/prior.safetensors)")
-    args = parser.parse_args(argv)
-
-    from dalle2_edu.clip import load_clip
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    command = "python -m dalle2_edu.prior " + " ".join(sys.argv[1:] if argv is None else argv)
-    clip = load_clip(args.clip) if args.clip else load_clip()
-    start = time.perf_counter()
-    train = _embed_split(clip, "train", args.n_train, 0, True)  # the catalogue CLIP was trained on
-    evals = {s: _embed_split(clip, s, args.n_eval, 1, True) for s in ("test", "heldout")}  # CLIP's evaluation sets
-    embed_s = time.perf_counter() - start
-    if args.no_tokens:
-        train = {k: train[k] for k in ("image_emb", "text_emb")}
-    d = train["image_emb"].shape[1]
-    w = None if args.no_tokens else train["text_tokens"].shape[2]
-    tcfg = {**default_transformer(), "width": args.width, "num_layers": args.layers, "num_heads": args.heads}
-    config = PriorConfig(embed_dim=d, token_dim=w, transformer=tcfg)
-    start = time.perf_counter()
-    trainer, gd = train_prior(train, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                              seed=args.seed, out_dir=args.run_dir, log_every=25)  # fmt: skip
-    train_s = time.perf_counter() - start
-    prior = trainer.ema_model
-    weights = zero_shot_class_embeddings(clip)
-    metrics = {"command": command, "train_seconds": round(train_s, 1), "embed_seconds": round(embed_s, 1),
-               "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-               "n_train": args.n_train, "final_loss": trainer.history["loss"][-1],
-               "loss_history": {"step": trainer.history["step"], "loss": trainer.history["loss"]},
-               "eval_steps": args.eval_steps, "torch_threads": torch.get_num_threads(), "eval": {}}  # fmt: skip
-    start = time.perf_counter()
-    for split, emb in evals.items():
-        kw = dict(seed=args.seed, steps=args.eval_steps, weights=weights, mean_image_emb=train["image_emb"].mean(0))
-        few = {k: v[: args.n_eval_extra] for k, v in emb.items()}
-        r = metrics["eval"][split] = {
-            "best_of_2": evaluate_prior(prior, gd, emb, n_candidates=2, spread_captions=50, **kw),
-            "best_of_1": evaluate_prior(prior, gd, few, n_candidates=1, spread_captions=50, **kw),
-            "guidance_2": evaluate_prior(prior, gd, few, n_candidates=2, guidance_scale=2.0, spread_captions=50, **kw),
-            "unconditional": evaluate_prior(prior, gd, few, n_candidates=1, guidance_scale=0.0, **kw),
-            "true_image_attributes": attribute_agreement(emb["image_emb"], emb["labels"], weights),
-            "true_image_same_label_cosine": same_label_cosine(emb["image_emb"], emb["labels"])[0],
-            "text_emb_attributes": attribute_agreement(emb["text_emb"], emb["labels"], weights),
-        }
-        print(f"{split}: cos(prior sample, image) = {r['best_of_2']['cos_prior']:.3f} (best of 2), "
-              f"{r['best_of_1']['cos_prior']:.3f} (1 sample), {r['unconditional']['cos_prior']:.3f} (no text); "
-              f"baselines cos(text, image) = {r['best_of_2']['cos_text_baseline']:.3f}, cos(mean image, image) = "
-              f"{r['best_of_2']['cos_mean_image_baseline']:.3f}; zero-shot attributes "
-              f"{r['best_of_2']['attributes']['mean']:.3f} (sample) vs {r['true_image_attributes']['mean']:.3f} "
-              f"(true image); spread of 4 draws per caption {r['best_of_2']['spread']:.3f} vs "
-              f"{r['true_image_same_label_cosine']:.3f} between real pictures with the same labels")  # fmt: skip
-    metrics["eval_seconds"] = round(time.perf_counter() - start, 1)
-    path = save_prior(prior, args.out, metrics)
-    print(f"saved {path} and {path.with_suffix('.json')}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -35,7 +35,8 @@ picture already at that size; :class:`Upsampler` therefore accepts ``low_res`` a
 The 32×32 pictures are made from the 64×64 ones exactly as the catalogue makes its own (:func:`downsample2x`, the
 same 2×2 box filter as :func:`dalle2_edu.datasets.catalogue.downsample`).
 
-Train the shipped model with ``python -m dalle2_edu.upsampler`` (see :data:`TRAIN_COMMAND` and :func:`main`).
+Train it again with ``python -m dalle2_edu train upsampler --recipe full --out FOLDER`` (:data:`TRAIN_COMMAND`; the
+settings are in :mod:`dalle2_edu.recipes`).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ from dalle2_edu.diffusion.config import DiffusionConfig, coerce_diffusion, diffu
 from dalle2_edu.images import box_downsample, check_images, describe, to_float
 from dalle2_edu.nets.unet import UNet, UNetConfig
 
-TRAIN_COMMAND = "OMP_NUM_THREADS=1 nice -n 10 python -m dalle2_edu.upsampler"
-"""The shell command that trains, evaluates and saves the shipped upsampler (run from the repository root)."""
+TRAIN_COMMAND = "python -m dalle2_edu train upsampler --recipe full"
+"""The command that trains, grades and saves the upsampler again (add ``--out FOLDER``)."""
 
 EVAL_SET = dict(split="test", seed=1)
 """The real 64×64 pictures the upsampler is measured on (never seen in training: another split and seed)."""
@@ -332,6 +333,8 @@ def train_upsampler(
     seed: int = 0,
     out_dir=None,
     progress: bool = True,
+    images: torch.Tensor | None = None,
+    **trainer_kwargs,
 ):
     """Train an :class:`Upsampler` on the catalogue's training split at 64×64 with the project's Trainer.
 
@@ -340,6 +343,8 @@ def train_upsampler(
     :param lr: peak AdamW learning rate (200 warm-up steps, then constant).
     :param n_train: training pictures, drawn at 64×64 (the 32×32 ones are made from them).
     :param out_dir: checkpoint here (resumable: running again continues); None keeps nothing.
+    :param images: (N, 3, 64, 64) uint8 pictures to train on instead of the catalogue (e.g. a user's folder).
+    :param trainer_kwargs: more :class:`~dalle2_edu.train.Trainer` arguments (they win over the defaults above).
     :return: ``(trainer, diffusion)``; upsample with ``trainer.ema_model`` and :func:`upsample`.
     """
     from dalle2_edu.datasets.catalogue import ProductCatalogue
@@ -348,12 +353,18 @@ def train_upsampler(
 
     config = config or UpsamplerConfig()
     set_seed(seed)
-    cat = ProductCatalogue(n_train, split="train", seed=0, resolution=config.image_size, progress=progress)
+    if images is None:
+        cat = ProductCatalogue(n_train, split="train", seed=0, resolution=config.image_size, progress=progress)
+        images = cat.images
+    if images.ndim != 4 or tuple(images.shape[1:]) != (3, config.image_size, config.image_size):
+        raise ValueError(f"images must have shape (N, 3, {config.image_size}, {config.image_size}), "
+                         f"got {tuple(images.shape)}")  # fmt: skip
     model, gd = Upsampler(config), config.diffusion.build()
+    kwargs = dict(warmup_steps=min(200, steps), ema_decay=0.999, ckpt_every=250 if out_dir else None)
+    kwargs.update(trainer_kwargs)
     trainer = Trainer(
-        model, upsampler_loss_fn(gd, config), cat.images, batch_size=batch_size, lr=lr, warmup_steps=min(200, steps),
-        ema_decay=0.999, seed=seed, out_dir=out_dir, ckpt_every=250 if out_dir else None,
-        config={"upsampler": config.to_dict(), "n_train": n_train}, progress=progress,
+        model, upsampler_loss_fn(gd, config), images, batch_size=batch_size, lr=lr, seed=seed, out_dir=out_dir,
+        config={"upsampler": config.to_dict(), "n_train": len(images)}, progress=progress, **kwargs,
     )  # fmt: skip
     trainer.fit(steps, resume=out_dir is not None)
     return trainer, gd
@@ -455,12 +466,14 @@ def evaluate_upsampler(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = False,
+    real: torch.Tensor | None = None,
 ) -> dict:
     """Upsample the test split's 32×32 pictures and compare with the real 64×64 ones, beside bilinear and bicubic.
 
     :param n: test pictures (the catalogue's "test" split, seed 1, drawn at 64×64; 32×32 by :func:`downsample2x`),
         whatever size the model was trained at (it is convolutional).
     :param steps: DDIM steps (η = 0).
+    :param real: (N, 3, 64, 64) uint8 pictures to measure on instead of the catalogue's test split.
     :param input_blur: blur the 32×32 inputs with this σ first (0: none), to imitate a decoder's softer outputs.
     :return: dict of floats: ``psnr_db`` (mean per-picture PSNR vs the real 64×64, and its standard error, for
         ``diffusion``, ``bilinear``, ``bicubic``), ``sharpness_ratio`` (mean :func:`laplacian_energy` over the real
@@ -469,7 +482,10 @@ def evaluate_upsampler(
     """
     from dalle2_edu.datasets.catalogue import ProductCatalogue
 
-    real_u8 = ProductCatalogue(n, resolution=64, progress=progress, **EVAL_SET).images
+    if real is None:
+        real_u8 = ProductCatalogue(n, resolution=64, progress=progress, **EVAL_SET).images
+    else:
+        real_u8, n = real[:n], min(n, len(real))
     real, low = to_float_images(real_u8), to_float_images(downsample2x(real_u8))  # (n, 3, 64, 64), (n, 3, 32, 32)
     if input_blur > 0:
         low = gaussian_blur(low, input_blur)
@@ -550,68 +566,3 @@ def _check_sigma_range(sigma_range) -> tuple[float, float]:
 def _check_probability(p: float) -> None:
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"blur probability must lie in [0, 1], got {p}")
-
-
-def main(argv=None) -> dict:
-    """Train, measure and save the shipped upsampler: ``python -m dalle2_edu.upsampler [--steps N] ...``.
-
-    :return: the metrics written to the JSON beside the weights.
-    """
-    import argparse
-    import sys
-    import time
-
-    parser = argparse.ArgumentParser(prog="python -m dalle2_edu.upsampler", description=main.__doc__)
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--n-train", type=int, default=20000)
-    parser.add_argument("--crop-size", type=int, default=32, help="0 trains on whole 64x64 pictures")
-    parser.add_argument("--mean-type", default="v", choices=("eps", "x0", "v"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out-dir", default=None, help="resumable training checkpoints go here")
-    parser.add_argument("--save", default=None, help="weights path (default data/checkpoints/upsampler64.safetensors)")
-    parser.add_argument("--no-save", action="store_true", help="measure only")
-    parser.add_argument("--eval-n", type=int, default=256)
-    parser.add_argument("--eval-steps", type=int, default=25)
-    args = parser.parse_args(argv)
-    argv = sys.argv[1:] if argv is None else list(argv)
-
-    config = UpsamplerConfig(crop_size=args.crop_size or None, diffusion={"mean_type": args.mean_type})
-    start = time.time()
-    trainer, gd = train_upsampler(
-        config, steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_train=args.n_train, seed=args.seed,
-        out_dir=args.out_dir,
-    )  # fmt: skip
-    seconds = time.time() - start
-    model = trainer.ema_model.eval()
-    start = time.time()
-    clean = evaluate_upsampler(model, gd, n=args.eval_n, steps=args.eval_steps, seed=args.seed, progress=True)
-    eval_seconds = time.time() - start
-    blurred = evaluate_upsampler(model, gd, n=args.eval_n, steps=args.eval_steps, input_blur=0.5, seed=args.seed)
-    losses = trainer.history.get("loss", [])
-    metrics = {
-        "weights": "EMA",
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "n_train": args.n_train,
-        "seed": args.seed,
-        "final_loss": round(sum(losses[-4:]) / max(1, len(losses[-4:])), 4),
-        "training_seconds": round(seconds, 1),
-        "eval_seconds_per_256_pictures": round(eval_seconds * 256 / args.eval_n, 1),
-        "threads": torch.get_num_threads(),
-        "command": " ".join([TRAIN_COMMAND, *argv]).strip(),
-        "eval_test": clean,
-        "eval_test_blurred_inputs": blurred,
-        "config": config.to_dict(),
-    }
-    print(__import__("json").dumps({k: metrics[k] for k in ("final_loss", "training_seconds", "eval_test",
-                                                            "eval_test_blurred_inputs")}, indent=1))  # fmt: skip
-    if not args.no_save:
-        print("saved", save_upsampler(model, args.save, metrics))
-    return metrics
-
-
-if __name__ == "__main__":
-    main()

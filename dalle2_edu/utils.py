@@ -43,10 +43,22 @@ def set_seed(seed: int) -> torch.Generator:
 
 def get_device(device: str | torch.device = "auto") -> torch.device:
     """Resolve ``"auto"`` to the best available device: CUDA, then Apple's MPS, then the CPU."""
+    if device != "auto" and not isinstance(device, torch.device):
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:1' or 'mps'") from err
     if isinstance(device, torch.device):
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {str(device)!r} was asked for, but PyTorch sees no CUDA GPU here (torch.cuda.is_available() "
+                "is False: no GPU, no driver, or a CPU-only build of torch); use --device cpu, or --device auto to "
+                "take a GPU when there is one"
+            )
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} "
+                             "CUDA GPU(s), numbered from 0")  # fmt: skip
         return device
-    if device != "auto":
-        return torch.device(device)
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)

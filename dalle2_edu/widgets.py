@@ -24,6 +24,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from dalle2_edu.validate import (
+    check_count,
+    check_counts,
+    check_eta,
+    check_guidance_scale,
+    check_int,
+    check_seed,
+    offset_seed,
+)
 from dalle2_edu.viz import image_grid
 
 
@@ -70,6 +79,8 @@ class DenoisingExplorer:
                 f"states, guesses and timesteps must be equally long (>= 2), got {len(states)}, {len(guesses)}, "
                 f"{len(timesteps)}; build the explorer with for_points / for_images / for_prompt"
             )
+        if len(states[0]) == 0:
+            raise ValueError("the trajectory holds no points or pictures (a batch of 0); draw at least one (n >= 1)")
         self.states = [s.detach().cpu() for s in states]
         self.guesses = [g.detach().cpu() for g in guesses]
         self.timesteps = [int(t) for t in timesteps]
@@ -153,6 +164,8 @@ class DenoisingExplorer:
         """Ancestral sampling of ``n`` 2D points with ``model`` (optionally respaced to ``steps``), all kept."""
         from dalle2_edu.diffusion.schedules import space_timesteps
 
+        n, seed = check_count("n", n), check_seed(seed)
+        steps = None if steps is None else check_count("steps", steps)
         spaced = (
             gd if steps is None or steps == gd.num_timesteps else gd.respace(space_timesteps(gd.num_timesteps, [steps]))
         )
@@ -164,15 +177,34 @@ class DenoisingExplorer:
 
     @classmethod
     def for_images(
-        cls, gd, model: Callable, shape, steps: int = 25, eta: float = 0.0, seed: int = 0, device="cpu", **kwargs
+        cls,
+        gd,
+        model: Callable,
+        shape,
+        steps: int = 25,
+        eta: float = 0.0,
+        seed: int = 0,
+        device="cpu",
+        noise: torch.Tensor | None = None,
+        **kwargs,
     ):
         """DDIM sampling of pictures of ``shape`` (N, 3, H, W) with ``model(x_t, t)`` (e.g. a guided decoder) on
-        ``device``; the noise is drawn on the CPU from ``seed``, as every sampler of the package does."""
+        ``device``; the noise is drawn on the CPU from ``seed``, as every sampler of the package does.
+
+        :param noise: the starting x_T (``shape``) instead of drawing it from ``seed`` (which then seeds only the
+            step noise of η > 0).
+        """
         from dalle2_edu.decoder import respaced
 
+        shape = tuple(shape)
+        if len(shape) != 4 or not all(isinstance(s, int) and s >= 1 for s in shape):
+            raise ValueError(f"shape must be (N, 3, H, W) with every size >= 1 (N pictures), got {shape}")
+        steps, eta, seed = check_count("steps", steps), check_eta(eta), check_seed(seed)
+        if noise is not None and tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have the shape {shape}, got {tuple(noise.shape)}")
         spaced = respaced(gd, min(steps, gd.num_timesteps))
         generator = torch.Generator().manual_seed(seed)
-        start = torch.randn(*shape, generator=generator)
+        start = torch.randn(*shape, generator=generator) if noise is None else noise.detach().cpu()
         trajectory = spaced.ddim_sample_loop_progressive(
             model, shape, eta=eta, noise=start, generator=generator, device=device
         )
@@ -182,15 +214,19 @@ class DenoisingExplorer:
     @classmethod
     def for_prompt(cls, pipe, prompt: str, n: int = 4, steps: int = 25, guidance_scale: float = 3.0, seed: int = 0):
         """The decoder's trajectory for a prompt: the same pictures as ``pipe.generate(prompt, n, guidance_scale,
-        steps, seed, upsample=False)`` (the start noise is drawn as :func:`~dalle2_edu.decoder.sample_decoder` does)."""
+        steps, seed, upsample=False)`` (the same image embeddings and the same starting noise,
+        :meth:`~dalle2_edu.pipeline.UnCLIP.decoder_start_noise`)."""
         from dalle2_edu.decoder import guided_decoder
 
+        n, steps = check_counts(n=n, steps=steps)
+        guidance_scale, seed = check_guidance_scale(guidance_scale), check_seed(seed)
         z = pipe.image_embeddings_from_text([prompt], n, seed=seed)
         decoder, gd = pipe.decoder
         size = decoder.unet.config.image_size
         net = guided_decoder(decoder, z, guidance_scale)
         decoder.eval()
-        return cls.for_images(gd, net, (n, 3, size, size), steps=steps, seed=seed + 1, device=pipe.device, title=prompt)
+        return cls.for_images(gd, net, (n, 3, size, size), steps=steps, seed=offset_seed(seed, 1), device=pipe.device,
+                              noise=pipe.decoder_start_noise(n, seed), title=prompt)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ playground
@@ -223,8 +259,9 @@ class PromptPlayground:
 
     :param pipe: a :class:`~dalle2_edu.pipeline.UnCLIP`.
     :param prompt: the starting prompt.
-    :param n: pictures per click.
-    :param steps, guidance_scale, seed: starting values of the sliders and the seed box.
+    :param n: pictures per click, shown in one row: 1 to :data:`~dalle2_edu.pipeline.SEED_BLOCK` (64).
+    :param steps, guidance_scale, seed: starting values of the sliders and the seed box (the sliders reach at least
+        100 steps and a scale of 8, further when the starting value is larger).
     :param upsample: run the 32→64 upsampler.
     :param prior_steps: the prior's DDIM steps.
     """
@@ -243,11 +280,16 @@ class PromptPlayground:
         import ipywidgets as widgets
 
         from dalle2_edu.datasets.catalogue import COLOUR_NAMES
+        from dalle2_edu.pipeline import SEED_BLOCK
 
+        n = check_int("n", n, low=1, high=SEED_BLOCK, hint="(pictures per click; pipe.generate draws more)")
+        steps, prior_steps = check_counts(steps=steps, prior_steps=prior_steps)
+        guidance_scale, seed = check_guidance_scale(guidance_scale), check_seed(seed)
         self.pipe, self.n, self.upsample, self.prior_steps = pipe, n, upsample, prior_steps
         self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="460px"))
-        self.guidance = widgets.FloatSlider(value=guidance_scale, min=0.0, max=8.0, step=0.5, description="guidance")
-        self.steps = widgets.IntSlider(value=steps, min=1, max=100, description="steps")
+        self.guidance = widgets.FloatSlider(value=guidance_scale, min=0.0, max=max(8.0, guidance_scale), step=0.5,
+                                            description="guidance")  # fmt: skip
+        self.steps = widgets.IntSlider(value=steps, min=1, max=max(100, steps), description="steps")
         self.seed = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="160px"))
         self.generate_button = widgets.Button(description="Generate", button_style="primary")
         self.progress = widgets.IntProgress(value=0, min=0, max=3, description="")
@@ -312,9 +354,9 @@ class PromptPlayground:
             prompt = self.prompt.value
             z = self.pipe.image_embeddings_from_text([prompt], self.n, prior_steps=self.prior_steps, seed=s["seed"])
             advance()
-            low = self.pipe.decode(z, s["guidance_scale"], s["steps"], seed=s["seed"] + 1)
+            low = self.pipe.decode(z, s["guidance_scale"], s["steps"], seed=offset_seed(s["seed"], 1))
             advance()
-            images = self.pipe.upsample(low, seed=s["seed"] + 2) if self.upsample else low
+            images = self.pipe.upsample(low, seed=offset_seed(s["seed"], 2)) if self.upsample else low
             advance()
             self._show(Generation(images.cpu(), [prompt] * self.n, z.cpu(), low.cpu()), [prompt] * self.n)
 

@@ -237,7 +237,7 @@ def test_save_load_round_trip_in_fp16_and_clear_errors(clip, tmp_path):
                      (clip.encode_image(images(8)), loaded.encode_image(images(8)))]:  # fmt: skip
             assert torch.allclose(a, b, atol=0.02)  # fp16 weights: ~1e-3 relative
             assert (a - b).abs().max() > 0  # it really was rounded
-    with pytest.raises(FileNotFoundError, match=r"python -m dalle2_edu.clip train"):
+    with pytest.raises(FileNotFoundError, match=r"python -m dalle2_edu train clip"):
         load_clip(tmp_path / "missing.safetensors")
     other = ProductCLIP(tiny_config(embed_dim=8))
     save_weights(tmp_path / "mismatch.safetensors", other.state_dict(), {"clip": clip.config.to_dict()})
@@ -341,7 +341,7 @@ def test_train_clip_is_reproducible_from_its_seed(tmp_path, monkeypatch):
 # the shipped model
 
 
-@pytest.mark.skipif(not default_clip_path().exists(), reason="no shipped CLIP: python -m dalle2_edu.clip train")
+@pytest.mark.skipif(not default_clip_path().exists(), reason="no shipped CLIP: python -m dalle2_edu train clip")
 def test_shipped_clip_reads_colours_zero_shot():
     from dalle2_edu.datasets.catalogue import ProductCatalogue
 

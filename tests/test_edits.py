@@ -111,6 +111,9 @@ def test_pictures_in_every_format_become_the_same_tensor():
         (np.zeros((8, 8), np.uint8), r"\(H, W, 3\)"),
         ("picture.png", "PIL image"),
         ([], "empty"),
+        (torch.zeros(0, 3, 8, 8), r"empty batch, shape \(0, 3, 8, 8\): pass at least one picture"),
+        (np.zeros((0, 8, 8, 3), np.uint8), "empty batch"),
+        (torch.zeros(1, 3, 0, 0), "no pixels"),
     ],
 )
 def test_bad_pictures_are_named(given, match):
@@ -174,7 +177,7 @@ def test_interpolate_runs_from_a_to_b(pipe, pictures):
     assert torch.allclose(out.low_res[[0, -1]], ends, atol=2e-3)  # the ends are the two reconstructions
     with pytest.raises(ValueError, match="one picture"):
         pipe.interpolate(pictures, pictures[1:], steps=3)
-    with pytest.raises(ValueError, match="steps must be >= 2"):
+    with pytest.raises(ValueError, match=r"steps must be an int >= 2 \(the two ends"):
         pipe.interpolate(pictures[:1], pictures[1:], steps=1)
 
 
@@ -192,8 +195,20 @@ def test_text_diff_moves_the_embedding_towards_the_text_difference(pipe, picture
         assert torch.allclose(edited[:, j] @ d, torch.cos((1 - theta) * omega), atol=1e-4)
     base = pipe.variations(pictures, n=1, eta=0.0, upsample=False, steps=3).tensors
     assert torch.allclose(out.low_res.reshape(2, 3, 3, 8, 8)[:, 0], base, atol=2e-3)
-    with pytest.raises(ValueError, match="amount"):
+    with pytest.raises(ValueError, match=r"amount must be a finite number in \[0, 1\], got 1.5"):
         pipe.text_diff(pictures, PROMPTS[0], PROMPTS[1], amount=1.5)
+    with pytest.raises(ValueError, match=r"every amount must be a finite number in \[0, 1\], got nan"):
+        pipe.text_diff(pictures, PROMPTS[0], PROMPTS[1], amount=[0.5, float("nan")])
+
+
+def test_text_diff_takes_numpy_and_tensor_amounts(pipe, pictures):
+    one = pipe.text_diff(pictures[:1], PROMPTS[0], PROMPTS[1], amount=0.5, upsample=False, steps=3)
+    for amount in (np.float32(0.5), np.float64(0.5), torch.tensor(0.5), [np.float32(0.5)], np.array([0.5])):
+        out = pipe.text_diff(pictures[:1], PROMPTS[0], PROMPTS[1], amount=amount, upsample=False, steps=3)
+        assert torch.equal(out.tensors, one.tensors) and out.prompts == one.prompts
+    row = pipe.text_diff(pictures[:1], PROMPTS[0], PROMPTS[1], amount=np.array([0.0, 0.5]), upsample=False, steps=3)
+    assert torch.allclose(row.tensors[1:], one.tensors, atol=1e-4)  # a batch of 2: float rounding differs
+    assert row.grid().size == (2 * 8 + 3 * 2, 8 + 2 * 2)  # one row per picture, one column per amount
     with pytest.raises(ValueError, match="unicorn"):
         pipe.text_diff(pictures, PROMPTS[0], "a red unicorn")
 
@@ -232,6 +247,13 @@ def test_edits_reject_bad_pictures_and_resize_odd_sizes_with_a_warning(pipe, pic
         pipe.inpaint(pictures, torch.ones(16, 16), PROMPTS[0], **FAST)
     with pytest.raises(ValueError, match="eta"):
         pipe.variations(pictures, eta=-1)
+    for empty in (pictures[:0], np.zeros((0, 16, 16, 3), np.uint8)):
+        with pytest.raises(ValueError, match="image is an empty batch"):
+            pipe.variations(empty, **FAST)
+        with pytest.raises(ValueError, match="image is an empty batch"):
+            pipe.text_diff(empty, PROMPTS[0], PROMPTS[1], **FAST)
+    with pytest.raises(ValueError, match="image_b is an empty batch"):
+        pipe.interpolate(pictures[:1], pictures[:0], **FAST)
     odd = F.interpolate(pictures, size=(12, 12), mode="bilinear")
     with pytest.warns(UserWarning, match="resizing it to 8×8"):
         assert pipe.variations(odd, n=1, upsample=False, **FAST).tensors.shape == (2, 3, 8, 8)

@@ -87,7 +87,7 @@ def test_shipped_files_are_small_and_report_their_accuracy():
     path = default_classifier_path()
     assert path.stat().st_size < 2_000_000
     report = json.loads(path.with_suffix(".json").read_text())
-    assert report["command"].startswith(TRAIN_COMMAND)
+    assert report["command"].startswith(TRAIN_COMMAND) and report["recipe"] == "full"
     for split in ("test", "heldout"):
         for name in ATTRIBUTES:
             assert report["accuracy"][split][name] >= 0.99, (split, name)

@@ -338,7 +338,7 @@ def test_save_load_round_trip_and_clear_errors(tmp_path):
     a = sample_prior(prior, gd, text, tokens, mask, steps=4)
     b = sample_prior(half, gd, text, tokens, mask, steps=4)
     assert F.cosine_similarity(a, b, dim=-1).min() > 0.99
-    with pytest.raises(FileNotFoundError, match="python -m dalle2_edu.prior train"):
+    with pytest.raises(FileNotFoundError, match="python -m dalle2_edu train prior"):
         load_prior(tmp_path / "missing.safetensors")
     save_weights(tmp_path / "other.safetensors", {"w": torch.zeros(2)}, {"image_model": {}})
     with pytest.raises(ValueError, match="no prior config"):

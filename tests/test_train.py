@@ -4,6 +4,9 @@ import math
 import os
 import random
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -454,3 +457,133 @@ def test_sample_grids_are_saved_without_changing_the_run(tmp_path):
     without = make_trainer()
     without.fit(8)
     assert_same_state(with_images, without)  # sampling consumed random numbers, yet training is unchanged
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# hardening: nonsense settings, SIGTERM, a second signal, temporary files of killed saves
+
+
+@pytest.mark.parametrize(
+    "setting, match",
+    [
+        (dict(grad_clip=-1), r"grad_clip.*got -1.*flip the gradients.*grad_clip=1\.0, or None"),
+        (dict(grad_clip=float("nan")), r"grad_clip.*got nan.*grad_clip=1\.0"),
+        (dict(grad_clip=float("inf")), r"grad_clip.*got inf.*None to turn clipping off"),
+        (dict(lr=float("nan")), r"lr must be a finite number > 0 \(the peak learning rate, e\.g\. 2e-4\), got nan"),
+        (dict(lr=float("inf")), r"lr must be a finite number > 0.*got inf"),
+        (dict(lr=0), r"lr must be a finite number > 0"),
+        (dict(ema_decay=float("nan")), r"ema_decay must be a finite number in \[0, 1\).*got nan"),
+        (dict(weight_decay=-0.1), r"weight_decay must be a finite number >= 0"),
+        (dict(betas=(0.9, 1.5)), r"betas\[1\] must be a finite number in \[0, 1\)"),
+        (dict(batch_size=2.5), r"batch_size must be a whole number >= 1"),
+        (dict(batch_size=True), r"batch_size must be a whole number >= 1"),
+        (dict(warmup_steps=-3), r"warmup_steps must be >= 0"),
+        (dict(ckpt_every=-1), r"ckpt_every must be >= 0"),
+        (dict(seed=2**64), r"seed must be below 2\*\*63"),
+    ],
+)
+def test_nonsense_settings_are_refused_with_the_fix(setting, match):
+    with pytest.raises(ValueError, match=match):
+        make_trainer(**setting)
+
+
+def test_negative_step_counts_are_refused():
+    trainer = make_trainer()
+    with pytest.raises(ValueError, match=r"steps must be >= 0 \(the step count to reach"):
+        trainer.fit(-5)
+    with pytest.raises(ValueError, match="steps must be a whole number"):
+        trainer.fit(2.5)
+
+
+SIGTERM_CHILD = """
+import pathlib, sys, time
+import torch
+from dalle2_edu.train import Trainer
+
+out = pathlib.Path(sys.argv[1])
+calls = []
+
+def loss_fn(model, x):
+    calls.append(1)
+    if len(calls) == 7:  # tell the test we are in step 7, and wait (in the middle of the step) for its SIGTERM
+        (out.parent / "in_step_7").touch()
+        deadline = time.time() + 60
+        while not (out.parent / "signal_sent").exists() and time.time() < deadline:
+            time.sleep(0.02)
+    return ((model(x) - x) ** 2).mean()
+
+torch.manual_seed(0)
+trainer = Trainer(torch.nn.Linear(2, 2), loss_fn, torch.randn(32, 2), batch_size=8, device="cpu", out_dir=out,
+                  ckpt_every=5, log_every=1)
+trainer.fit(200)
+print("finished without being stopped")
+"""
+
+
+def test_sigterm_saves_the_step_in_progress_and_exits_non_zero(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(SIGTERM_CHILD)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "in_step_7").exists():
+            assert child.poll() is None, child.communicate()
+            assert time.time() < deadline, "the child never reached step 7"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGTERM)  # what `timeout`, Docker and Slurm send
+        (tmp_path / "signal_sent").touch()
+        out, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 143, (child.returncode, out, err)
+    assert "finished without being stopped" not in out
+    assert "Stopped by SIGTERM: step 7 saved" in out
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["step"] == 7  # the step it reached, not the periodic checkpoint of step 5
+    assert ckpt["extra"]["history"]["step"] == list(range(1, 8))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "checkpoint.pt"]
+
+
+def test_a_second_ctrl_c_stops_at_once_without_saving_a_half_step(tmp_path):
+    calls = []
+
+    def twice_interrupted_loss(model, x):
+        calls.append(1)
+        if len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGINT)  # noted; the step goes on...
+            os.kill(os.getpid(), signal.SIGINT)  # ...until the second one, which stops it here
+        return denoise_loss(model, x)
+
+    trainer = make_trainer(tmp_path, loss_fn=twice_interrupted_loss, ckpt_every=5)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(12)
+    assert trainer.step == 6  # step 7 was abandoned half-way...
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 5  # ...and not saved over the last good checkpoint
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # handlers restored
+
+
+def test_temporary_files_of_killed_saves_are_removed_when_a_run_starts_and_ends(tmp_path):
+    stale = tmp_path / ".checkpoint.pt.k1ll3d00.tmp"  # what a kill during torch.save leaves (28 MB for the decoder)
+    stale.write_bytes(b"half a checkpoint")
+    late = tmp_path / ".checkpoint.pt.zzzzzzzz.tmp"
+    kept = [tmp_path / ".decoder.safetensors.abcdefgh.tmp", tmp_path / "notes.tmp", tmp_path / "checkpoint.pt.tmp"]
+    for path in kept:
+        path.write_text("not ours")
+    seen = []
+
+    def loss_fn(model, x):
+        if not seen:
+            seen.append(stale.exists())
+            late.write_bytes(b"left during the run")
+        return denoise_loss(model, x)
+
+    make_trainer(tmp_path, loss_fn=loss_fn).fit(3)
+    assert seen == [False]  # gone before the first step
+    assert not late.exists()  # gone when the run ended
+    assert all(path.read_text() == "not ours" for path in kept)  # only the trainer's own temporary files
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3

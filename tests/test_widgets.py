@@ -114,6 +114,44 @@ def test_playground_reports_bad_prompts_instead_of_raising(pipe):
     assert "press Generate first" in play.status.value
 
 
+def test_widgets_refuse_zero_pictures_and_bad_settings_with_a_clear_message(pipe):
+    gd = GaussianDiffusion(cosine_betas(50), data_type="continuous")
+    with pytest.raises(ValueError, match="n must be an int >= 1, got 0"):
+        DenoisingExplorer.for_prompt(pipe, PROMPTS[0], n=0, steps=2)  # was a ZeroDivisionError
+    with pytest.raises(ValueError, match="n must be an int >= 1, got 0"):
+        DenoisingExplorer.for_points(gd, shrink, n=0, steps=2)
+    with pytest.raises(ValueError, match=r"shape must be \(N, 3, H, W\) with every size >= 1"):
+        DenoisingExplorer.for_images(gd, shrink, (0, 3, 8, 8), steps=2)
+    with pytest.raises(ValueError, match="no points or pictures"):
+        DenoisingExplorer([torch.zeros(0, 2)] * 2, [torch.zeros(0, 2)] * 2, [1, 0])
+    with pytest.raises(ValueError, match="seed must be an int"):
+        DenoisingExplorer.for_prompt(pipe, PROMPTS[0], n=1, steps=2, seed=-1)
+    with pytest.raises(ValueError, match="eta must be a finite number"):
+        DenoisingExplorer.for_images(gd, shrink, (1, 3, 8, 8), steps=2, eta=float("nan"))
+    for bad, match in [
+        (dict(n=0), r"n must be an int in \[1, 64\] \(pictures per click"),  # was a TraitError from the dropdown
+        (dict(n=65), r"n must be an int in \[1, 64\]"),
+        (dict(seed=2**63), "seed must be an int"),
+        (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number >= 0"),
+        (dict(steps=0), "steps must be an int >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            PromptPlayground(pipe, **bad)
+    play = PromptPlayground(pipe, n=1, steps=200, guidance_scale=10.0, prior_steps=3)
+    assert play.steps.value == 200 and play.guidance.value == 10.0  # the sliders reach the values given
+    play.seed.value = -1
+    assert play.generate() is False and "seed must be an int" in play.status.value
+
+
+def test_image_explorer_matches_generate_beyond_one_seed_block(pipe):
+    from dalle2_edu.pipeline import SEED_BLOCK
+
+    n = SEED_BLOCK + 2
+    explorer = DenoisingExplorer.for_prompt(pipe, PROMPTS[0], n=n, steps=2, seed=1)
+    final = pipe.generate(PROMPTS[0], n=n, steps=2, seed=1, upsample=False).tensors
+    assert torch.allclose(explorer.states[-1].clamp(-1, 1), final, atol=1e-4)
+
+
 def test_recoloured_prompt():
     assert (
         recoloured_prompt("a red striped mug on a wooden table", "orange") == "an orange striped mug on a wooden table"

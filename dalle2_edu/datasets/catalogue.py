@@ -23,7 +23,8 @@ import functools
 import math
 import os
 import re
-import tempfile
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from dalle2_edu.checkpoint import _atomic_write, warn_cache_not_written
 from dalle2_edu.utils import data_dir
 
 GENERATOR_VERSION = 1
@@ -534,7 +536,8 @@ class ProductCatalogue(Dataset):
     :param resolution: 32 or 64 (pixels per side); 32 is the 64 drawing averaged over 2x2 blocks.
     :param cache_dir: folder for a ``.npz`` cache, named by :data:`GENERATOR_VERSION`, split, seed, n and
         resolution; loaded when present, written (atomically) when not. ``"default"`` is ``data/cache`` of the
-        project (:func:`dalle2_edu.utils.data_dir`), wherever you run from; ``None`` disables caching.
+        project (:func:`dalle2_edu.utils.data_dir`), wherever you run from; ``None`` disables caching. A cache that
+        cannot be written (a read-only checkout) or read (a damaged file) only gives a warning: the data is drawn.
     :param progress: show a progress bar while drawing.
 
     Attributes: ``images`` uint8 tensor (N, 3, R, R); ``captions`` list of N str; ``labels`` int64 tensor (N, 4)
@@ -562,13 +565,16 @@ class ProductCatalogue(Dataset):
         if cache_dir is not None:
             name = f"catalogue-v{GENERATOR_VERSION}-{split}-s{seed}-n{n}-r{resolution}.npz"
             self.cache_path = Path(cache_dir) / name
-        if self.cache_path is not None and self.cache_path.exists():
-            with np.load(self.cache_path, allow_pickle=False) as data:
-                images, captions, labels = data["images"], [str(c) for c in data["captions"]], data["labels"]
+        cached = _load_cache(self.cache_path, n, resolution) if self.cache_path is not None else None
+        if cached is not None:
+            images, captions, labels = cached
         else:
             images, captions, labels = generate(split, seed, 0, n, resolution, progress)
             if self.cache_path is not None:
-                _save_atomically(self.cache_path, images=images, captions=np.array(captions), labels=labels)
+                try:
+                    _save_atomically(self.cache_path, images=images, captions=np.array(captions), labels=labels)
+                except OSError as err:  # a read-only checkout or a full disk: the cache is optional
+                    warn_cache_not_written(self.cache_path, err)
         self.images = torch.from_numpy(images)
         self.captions: list[str] = captions
         self.labels = torch.from_numpy(labels)
@@ -605,14 +611,23 @@ class ProductCatalogue(Dataset):
         return f"ProductCatalogue(n={self.n}, split={self.split!r}, seed={self.seed}, resolution={self.resolution})"
 
 
-def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
-    """Write an .npz to a temporary file beside ``path``, then rename it into place (no half-written caches)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+def _load_cache(path: Path, n: int, resolution: int) -> tuple[np.ndarray, list[str], np.ndarray] | None:
+    """The cached ``(images, captions, labels)``, or None when there is no cache file or it cannot be used (then
+    with a warning; the caller draws the data again and rewrites the file)."""
+    if not path.exists():
+        return None
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        with np.load(path, allow_pickle=False) as data:
+            images, captions, labels = data["images"], [str(c) for c in data["captions"]], data["labels"]
+        if images.shape != (n, 3, resolution, resolution) or len(captions) != n or labels.shape != (n, 4):
+            raise ValueError(f"it holds {len(captions)} items of shape {images.shape[1:]}")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        warnings.warn(f"ignoring the unreadable dataset cache {path} ({err}); drawing the data again", stacklevel=3)
+        return None
+    return images, captions, labels
+
+
+def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
+    """Write an .npz to a temporary file beside ``path``, then rename it into place (no half-written caches), with
+    the permissions the umask allows."""
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
