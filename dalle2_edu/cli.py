@@ -213,7 +213,7 @@ def _train(args, stages: str, steps, command: str) -> dict:
     _set_threads()
     runner = Runner(recipe=args.recipe, data=args.data, out=args.out, device=args.device, seed=args.seed,
                     steps=steps, command=command, progress=not args.no_progress,
-                    overwrite_shipped=args.overwrite_shipped)  # fmt: skip
+                    overwrite_shipped=args.overwrite_shipped, init_decoder=args.init_decoder)  # fmt: skip
     return runner.run(stages)
 
 
@@ -317,6 +317,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite-shipped", action="store_true",
                        help="allow --out to be data/checkpoints, replacing the shipped weights")  # fmt: skip
         p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+        p.add_argument("--init-decoder", default=None, help="warm-start the decoder from this file: a decoder "
+                       "(decoder32.safetensors) or an attribute model (image32_attributes.safetensors)")  # fmt: skip
 
     train = sub.add_parser("train", help="train one stage, several (comma-separated) or all, from a recipe")
     train.add_argument("stages", help=f"all, or one or more of: {', '.join(STAGE_FILES)}, evaluate")

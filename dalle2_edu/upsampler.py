@@ -117,7 +117,9 @@ class UpsamplerConfig:
                 )
 
     def unet_config(self) -> UNetConfig:
-        return UNetConfig.from_dict({**self.unet, "learned_sigma": self.diffusion.learned_sigma})
+        return UNetConfig.from_dict(
+            {**self.unet, "learned_sigma": self.diffusion.learned_sigma, "mid_attention": self.mid_attention}
+        )
 
     @property
     def image_size(self) -> int:
@@ -139,13 +141,6 @@ class UpsamplerConfig:
         return cls(**lift_legacy_fields(d))
 
 
-class _NoAttention(nn.Module):
-    """Stands in for an AttentionBlock: returns the features unchanged."""
-
-    def forward(self, h, context=None, context_mask=None):
-        return h
-
-
 class Upsampler(nn.Module):
     """``model(x_t, t, low_res)``: the UNet's prediction (ε, x_0 or v) for a noisy high-resolution picture.
 
@@ -156,8 +151,6 @@ class Upsampler(nn.Module):
         super().__init__()
         self.config = config = config or UpsamplerConfig()
         self.unet = UNet.from_config(config.unet_config())
-        if not config.mid_attention:
-            self.unet.mid_attn = _NoAttention()
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
         """

@@ -110,6 +110,10 @@ def test_the_runner_refuses_what_would_lose_or_mix_work(tmp_path, gadgets, catal
         run(catalogue_run / "runs" / "clip", "clip")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run(tmp_path / "y", "clip", data=tmp_path / "no_such_folder")
+    with pytest.raises(FileNotFoundError, match="--init-decoder: no weights file.*image32_attributes.safetensors"):
+        run(tmp_path / "w", "decoder", init_decoder=tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="holds a clip, not a decoder"):
+        run(tmp_path / "w", "decoder", init_decoder=catalogue_run / STAGE_FILES["clip"])
     (tmp_path / "no_captions").mkdir()
     (tmp_path / "no_captions" / "a.png").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="no caption file.*metadata.jsonl"):

@@ -44,6 +44,13 @@ from dalle2_edu.nets.layers import (
 )
 
 
+class NoAttention(nn.Module):
+    """Stands in for an :class:`AttentionBlock` (``mid_attention=False``): returns the features unchanged."""
+
+    def forward(self, h, context=None, context_mask=None):
+        return h
+
+
 @dataclass
 class UNetConfig:
     """Every hyperparameter of a ``UNet``; ``UNet.from_config(cfg)`` builds one, ``to_dict`` saves one.
@@ -54,7 +61,9 @@ class UNetConfig:
     :param channel_mult: width multiplier per resolution level; H is halved between consecutive levels.
     :param num_res_blocks: ResBlocks per level on the way down (the way up has one more per level).
     :param attention_resolutions: feature-map sizes in pixels (for an ``image_size`` input) that get attention after
-        each ResBlock, e.g. (16, 8). The middle block always has attention.
+        each ResBlock, e.g. (16, 8).
+    :param mid_attention: give the middle block attention (the default); False makes it a pure convolution, as DALL·E
+        2's upsamplers are, so that the network does not care about the picture's size and trains on crops.
     :param num_heads: attention heads; must divide the width of every level with attention and of the middle.
     :param dropout: dropout probability inside ResBlocks.
     :param learned_sigma: also output ``out_channels`` raw channels for the variance interpolation (improved DDPM).
@@ -79,6 +88,7 @@ class UNetConfig:
     context_dim: int | None = None
     low_res_channels: int = 0
     image_size: int = 32
+    mid_attention: bool = True
 
     def __post_init__(self):
         self.channel_mult = tuple(int(m) for m in self.channel_mult)  # lists from JSON become tuples
@@ -225,6 +235,7 @@ class UNet(nn.Module):
         context_dim: int | None = None,
         image_size: int = 32,
         low_res_channels: int = 0,
+        mid_attention: bool = True,
     ):
         super().__init__()
         cfg = UNetConfig(
@@ -241,6 +252,7 @@ class UNet(nn.Module):
             context_dim=context_dim,
             low_res_channels=low_res_channels,
             image_size=image_size,
+            mid_attention=mid_attention,
         )
         self.config = cfg
         C = cfg.model_channels
@@ -274,7 +286,10 @@ class UNet(nn.Module):
                 skip_widths.append(ch)
 
         self.mid_res1 = res(ch, ch)
-        self.mid_attn = AttentionBlock(ch, num_heads=cfg.num_heads, context_dim=cfg.context_dim)
+        if cfg.mid_attention:
+            self.mid_attn = AttentionBlock(ch, num_heads=cfg.num_heads, context_dim=cfg.context_dim)
+        else:
+            self.mid_attn = NoAttention()
         self.mid_res2 = res(ch, ch)
 
         # up path: each ResBlock takes the current features concatenated with one skip connection

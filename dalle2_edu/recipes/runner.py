@@ -165,7 +165,8 @@ class Runner:
 
     def __init__(self, *, recipe: str = "fast", data: str | Path | None = None, out: str | Path = "runs/fast",
                  device: str = "auto", seed: int = 0, steps: int | dict | None = None, command: str | None = None,
-                 progress: bool = True, overwrite_shipped: bool = False):  # fmt: skip
+                 progress: bool = True, overwrite_shipped: bool = False,
+                 init_decoder: str | Path | None = None):  # fmt: skip
         from dalle2_edu.validate import check_seed
 
         if recipe not in RECIPES:
@@ -176,6 +177,11 @@ class Runner:
         self.command = command or "python -m dalle2_edu train"
         self.progress, self.overwrite_shipped = progress, overwrite_shipped
         self._sets: dict[int, TrainingSet] = {}
+        self.init_decoder = None if init_decoder is None else Path(init_decoder)
+        if self.init_decoder is not None:
+            from dalle2_edu.recipes.stages import load_warm_start
+
+            load_warm_start(self.init_decoder, build=False)  # a missing or wrong file fails now, naming what it takes
         self.info = None
 
     # -------------------------------------------------------------------------------------------------- data
@@ -249,7 +255,10 @@ class Runner:
                     f"`train all`), which writes it there"
                 )
             upstream[up] = _digest(path)
-        return {"data": data.fingerprint, "settings": settings.to_dict(), "seed": self.seed, "upstream": upstream}
+        against = {"data": data.fingerprint, "settings": settings.to_dict(), "seed": self.seed, "upstream": upstream}
+        if stage == "decoder" and self.init_decoder is not None:
+            against["init_decoder"] = _digest(self.init_decoder)
+        return against
 
     def train_stage(self, stage: str, data: TrainingSet) -> dict:
         """Train one stage (resuming or restarting as its provenance says), grade it, save it; return its summary."""
@@ -277,7 +286,8 @@ class Runner:
         self.say(f"{stage}: {settings.steps} steps, batch {settings.batch_size}, lr {settings.lr:g} "
                  f"({self.recipe} recipe) on {data.name}; checkpoints in {run_dir}")  # fmt: skip
         ctx = StageContext(stage, settings, data, self.out, run_dir, device=self.device, seed=self.seed,
-                           progress=self.progress, quick=self.recipe == "tiny")  # fmt: skip
+                           progress=self.progress, quick=self.recipe == "tiny",
+                           init_decoder=self.init_decoder if stage == "decoder" else None)  # fmt: skip
         train, grade = STAGES[stage]
         start = time.perf_counter()
         model, trainer = train(ctx)
