@@ -257,41 +257,87 @@ def weights_digest(path: str | os.PathLike) -> str:
     return _read_weights(path, verify=True)[2]
 
 
+MODEL_KINDS: dict[str, str] = {
+    "clip": "dalle2_edu.clip:build_clip",
+    "prior": "dalle2_edu.prior:build_prior",
+    "decoder": "dalle2_edu.decoder:build_decoder",
+    "upsampler": "dalle2_edu.upsampler:build_upsampler",
+    "image_model": "dalle2_edu.image_model:build_image_model",
+    "attribute_classifier": "dalle2_edu.metrics:build_attribute_classifier",
+}
+"""The registry of model kinds: the key a weights file's config is stored under → ``module:function`` that builds the
+(untrained) model from that config. Every shipped model is saved by :func:`save_model` and loaded by
+:func:`load_model`; :func:`load_any` loads a file whatever it holds."""
+
+
+def _builder(key: str) -> Callable[[dict], torch.nn.Module]:
+    import importlib
+
+    module, name = MODEL_KINDS[key].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def model_kind(config: dict) -> str | None:
+    """The registered kind a weights file's config names, or None."""
+    if config.get("model") == "AttributeClassifier":  # the classifier's files before the registry: a flat config
+        return "attribute_classifier"
+    return next((key for key in MODEL_KINDS if key in config), None)
+
+
+def load_any(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[str, torch.nn.Module]:
+    """Load any model file this project writes: ``(kind, model in eval mode)``, the kind read from its config.
+
+    :raises ValueError: the file holds none of the registered kinds (:data:`MODEL_KINDS`).
+    """
+    path = _existing_file(path, "weights")
+    _, config = load_weights(path)
+    kind = model_kind(config)
+    if kind is None:
+        raise ValueError(f"'{path}' holds no model this project knows (its config has {sorted(config) or 'nothing'}; "
+                         f"known kinds: {', '.join(MODEL_KINDS)})")  # fmt: skip
+    return kind, load_model(path, kind, device=device)
+
+
 def save_model(path: str | os.PathLike, model: torch.nn.Module, key: str, metrics: dict | None = None,
-               half: bool = True) -> Path:
-    """Ship a trained model: ``save_weights`` with ``{key: model.config.to_dict()}`` as the file's config, and
-    ``metrics`` (how it was trained, how good it is) as a JSON file beside it. Read back with :func:`load_model`."""
+               half: bool = True, config: dict | None = None) -> Path:
+    """Ship a trained model: ``save_weights`` with ``{key: model.config.to_dict()}`` (or ``{key: config}``) as the
+    file's config, and ``metrics`` (how it was trained, how good it is) as a JSON file beside it. Read back with
+    :func:`load_model`; ``key`` should be one of :data:`MODEL_KINDS`."""
     path = Path(path)
-    save_weights(path, model.state_dict(), {key: model.config.to_dict()}, half=half)
+    config = model.config.to_dict() if config is None else config
+    save_weights(path, model.state_dict(), {key: config}, half=half)
     if metrics is not None:
         path.with_suffix(".json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return path
 
 
-def load_model(path: str | os.PathLike, key: str, build: Callable[[dict], torch.nn.Module], how_to_make: str,
-               device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a file written by :func:`save_model`: ``build(config[key])`` makes the model, the weights go in as
-    float32, and the model comes back in eval mode on ``device``.
+def load_model(path: str | os.PathLike, key: str, build: Callable[[dict], torch.nn.Module] | None = None,
+               how_to_make: str = "", device: str | torch.device = "cpu", name: str | None = None) -> torch.nn.Module:
+    """Load a file written by :func:`save_model`: ``build(config[key])`` makes the model (the registry's builder by
+    default, :data:`MODEL_KINDS`), the weights go in as float32, and the model comes back in eval mode on ``device``.
 
     :param how_to_make: the fix named when the file is missing, e.g. "train one with
         `python -m dalle2_edu train decoder --out FOLDER`".
+    :param name: what to call the model in messages (default: the key).
     :raises FileNotFoundError: no file at ``path``.
     :raises ValueError: the file holds no ``key`` config, or weights that do not fit it.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no {key.replace('_', ' ')} at {path}; {how_to_make}")
+    name = name or key.replace("_", " ")
+    if not path.is_file():
+        raise FileNotFoundError(f"no {name} at {path}" + (f"; {how_to_make}" if how_to_make else ""))
     state, config = load_weights(path)
-    if key not in config:
+    if key not in config and model_kind(config) != key:
         raise ValueError(
-            f"{path} holds no {key} config in its metadata (found {sorted(config)}); was it written by save_{key}?"
+            f"{path} holds no {name} config in its metadata (found {sorted(config)}); was it written by save_{key}?"
         )
-    model = build(config[key])
+    model = (build or _builder(key))(config.get(key, config))
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as err:
         raise ValueError(
-            f"the weights in {path} do not fit the {key} config stored with them (names or shapes do not match): {err}"
+            f"the weights in {path} do not fit the {name} config stored with them (names or shapes do not match): "
+            f"{err}"
         ) from err
     return model.to(device).eval()
 

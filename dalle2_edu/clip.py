@@ -884,13 +884,14 @@ def save_clip(model: ProductCLIP, path=None, metrics: dict | None = None, half: 
 
     :return: the weights path.
     """
-    from dalle2_edu.checkpoint import save_weights
+    from dalle2_edu.checkpoint import save_model
 
-    path = Path(default_clip_path() if path is None else path)
-    save_weights(path, model.state_dict(), {"clip": model.config.to_dict()}, half=half)
-    if metrics is not None:
-        path.with_suffix(".json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    return path
+    return save_model(default_clip_path() if path is None else path, model, "clip", metrics, half)
+
+
+def build_clip(config: dict) -> ProductCLIP:
+    """An untrained CLIP of a saved config (the checkpoint registry's builder)."""
+    return ProductCLIP(CLIPConfig.from_dict(config))
 
 
 def load_clip(path=None, device: str | torch.device = "cpu") -> ProductCLIP:
@@ -901,26 +902,12 @@ def load_clip(path=None, device: str | torch.device = "cpu") -> ProductCLIP:
     :raises ValueError: the file holds no CLIP config, or weights that do not fit its config.
     :raises dalle2_edu.checkpoint.CheckpointError: the file is corrupt.
     """
-    from dalle2_edu.checkpoint import load_weights
+    from dalle2_edu.checkpoint import load_model
 
-    path = Path(default_clip_path() if path is None else path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no CLIP weights at '{path}'. The tiny CLIP ships in data/checkpoints/; to train it again (about 6 "
-            f"minutes on two CPU cores) run, from the repository root:\n    {TRAIN_COMMAND}"
-        )
-    state, config = load_weights(path)
-    if not config or "clip" not in config:
-        raise ValueError(
-            f"'{path}' holds no CLIP config in its metadata (found keys {sorted(config)}); was it written by "
-            f"save_clip? Train one with: {TRAIN_COMMAND}"
-        )
-    model = ProductCLIP(CLIPConfig.from_dict(config["clip"]))
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()})
-    except RuntimeError as err:
-        raise ValueError(f"the weights in '{path}' do not fit the CLIP config stored with them:\n{err}") from err
-    return model.to(device).eval().requires_grad_(False)
+    how = (f"the tiny CLIP ships in data/checkpoints/; to train it again (about 6 minutes on two CPU cores) run, from "
+           f"the repository root:\n    {TRAIN_COMMAND} --out FOLDER")  # fmt: skip
+    model = load_model(default_clip_path() if path is None else path, "clip", build_clip, how, device, name="CLIP")
+    return model.requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

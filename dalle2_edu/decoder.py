@@ -282,6 +282,11 @@ def save_decoder(model: CLIPDecoder, path=None, metrics: dict | None = None, hal
     return save_model(default_decoder_path() if path is None else path, model, "decoder", metrics, half)
 
 
+def build_decoder(config: dict) -> CLIPDecoder:
+    """An untrained decoder of a saved config (the checkpoint registry's builder)."""
+    return CLIPDecoder(DecoderConfig.from_dict(config))
+
+
 def load_decoder(path=None, device="cpu") -> tuple[CLIPDecoder, GaussianDiffusion]:
     """Load a decoder written by :func:`save_decoder` (default ``data/checkpoints/decoder32.safetensors``).
 
@@ -290,6 +295,6 @@ def load_decoder(path=None, device="cpu") -> tuple[CLIPDecoder, GaussianDiffusio
     from dalle2_edu.checkpoint import load_model
 
     model = load_model(default_decoder_path() if path is None else path, "decoder",
-                       lambda cfg: CLIPDecoder(DecoderConfig.from_dict(cfg)),
+                       build_decoder,
                        "train one with `python -m dalle2_edu train decoder`", device)  # fmt: skip
     return model, model.config.diffusion.build()

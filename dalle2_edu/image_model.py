@@ -188,6 +188,11 @@ def save_image_model(model: AttributeUNet, path=None, metrics: dict | None = Non
     return save_model(default_image_model_path() if path is None else path, model, "image_model", metrics, half)
 
 
+def build_image_model(config: dict) -> AttributeUNet:
+    """An untrained attribute model of a saved config (the checkpoint registry's builder)."""
+    return AttributeUNet(ImageModelConfig.from_dict(config))
+
+
 def load_image_model(path=None, device="cpu") -> tuple[AttributeUNet, GaussianDiffusion]:
     """Load shipped weights (default ``data/checkpoints/image32_attributes.safetensors``) in eval mode.
 
@@ -197,5 +202,5 @@ def load_image_model(path=None, device="cpu") -> tuple[AttributeUNet, GaussianDi
 
     how = "train one with dalle2_edu.image_model.train_image_model(...) and save it with save_image_model(model, path)"
     model = load_model(default_image_model_path() if path is None else path, "image_model",
-                       lambda cfg: AttributeUNet(ImageModelConfig.from_dict(cfg)), how, device)  # fmt: skip
+                       build_image_model, how, device)  # fmt: skip
     return model, model.config.diffusion.build()

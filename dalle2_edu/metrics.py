@@ -27,7 +27,6 @@ another catalogue colour (exactly as the catalogue would draw them, with the col
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dalle2_edu.checkpoint import CheckpointError, load_weights, save_weights
+from dalle2_edu.checkpoint import CheckpointError, load_weights
 from dalle2_edu.datasets.catalogue import (
     _LIGHT_COLOURS,  # which colours get darker (not lighter) stripes and dots
     BACKGROUNDS,
@@ -430,11 +429,11 @@ def save_attribute_classifier(
     :param half: store the weights as float16 (half the size).
     :return: ``(weights path, report path)``.
     """
+    from dalle2_edu.checkpoint import save_model
+
     path = Path(path) if path is not None else default_classifier_path()
-    save_weights(path, classifier.state_dict(), report.get("config", classifier.config), half=half)
-    report_path = path.with_suffix(".json")
-    report_path.write_text(json.dumps(report, indent=2) + "\n")
-    return path, report_path
+    save_model(path, classifier, "attribute_classifier", report, half, config=report.get("config", classifier.config))
+    return path, path.with_suffix(".json")
 
 
 def load_attribute_classifier(
@@ -458,6 +457,7 @@ def load_attribute_classifier(
         state, config = load_weights(path)
     except CheckpointError as err:
         raise CheckpointError(f"{err} To train the attribute classifier again: {TRAIN_COMMAND}") from err
+    config = config.get("attribute_classifier", config)  # files before the registry keep the config flat
     if config.get("model") != "AttributeClassifier":
         raise CheckpointError(
             f"'{path}' does not hold an AttributeClassifier (its config says model={config.get('model')!r}). "
@@ -471,6 +471,11 @@ def load_attribute_classifier(
             f"The weights in '{path}' do not fit an AttributeClassifier with config {config}:\n{err}"
         ) from err
     return model.float().to(device).eval().requires_grad_(False)
+
+
+def build_attribute_classifier(config: dict) -> AttributeClassifier:
+    """An untrained classifier of a saved config (the checkpoint registry's builder)."""
+    return AttributeClassifier(width=config.get("width", 32), feature_dim=config.get("feature_dim", 128))
 
 
 _LOADED: dict[Path, AttributeClassifier] = {}

@@ -112,6 +112,15 @@ def to_pil(images: torch.Tensor) -> list:
 _check_prompts = check_prompts  # the name this module used before validate.py
 
 
+def _check_batch(name: str, x: torch.Tensor) -> torch.Tensor:
+    """A batch (B, ...) with B >= 1: an empty one would draw nothing, silently."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+    if x.ndim > 1 and x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch, shape {tuple(x.shape)}: pass at least one row")
+    return x
+
+
 class UnCLIP:
     """The four trained stages and the settings to run them; build with :meth:`from_pretrained`.
 
@@ -264,6 +273,7 @@ class UnCLIP:
 
         guidance_scale, eta = check_guidance_scale(guidance_scale), check_eta(eta)
         steps, seed = check_count("steps", steps), check_seed(seed)
+        _check_batch("image_emb", image_emb)
         decoder, gd = self.decoder
         return sample_decoder(
             decoder, gd, image_emb.to(self.device), steps=min(steps, gd.num_timesteps), guidance_scale=guidance_scale,
@@ -473,6 +483,8 @@ class UnCLIP:
         from dalle2_edu.decoder import guided_decoder, respaced
 
         steps = check_count("steps", steps)
+        _check_batch("low_res", low_res)
+        _check_batch("image_emb", image_emb)
         decoder, gd = self.decoder
         net = guided_decoder(decoder, image_emb.to(self.device), 1.0)
         return respaced(gd, min(steps, gd.num_timesteps)).ddim_invert(net, low_res.to(self.device), progress=progress)

@@ -505,6 +505,11 @@ def save_prior(model: DiffusionPrior, path=None, metrics: dict | None = None, ha
     return save_model(default_prior_path() if path is None else path, model, "prior", payload, half)
 
 
+def build_prior(config: dict) -> DiffusionPrior:
+    """An untrained prior of a saved config (the checkpoint registry's builder)."""
+    return DiffusionPrior(PriorConfig.from_dict(config))
+
+
 def load_prior(path=None, device="cpu") -> tuple[DiffusionPrior, GaussianDiffusion]:
     """Load a prior saved by :func:`save_prior` (default ``data/checkpoints/prior.safetensors``) in eval mode.
 
@@ -517,7 +522,7 @@ def load_prior(path=None, device="cpu") -> tuple[DiffusionPrior, GaussianDiffusi
     how = ("train one with `python -m dalle2_edu train prior --out FOLDER` (or dalle2_edu.prior.train_prior(...) then "
            "save_prior(trainer.ema_model, path))")  # fmt: skip
     model = load_model(default_prior_path() if path is None else path, "prior",
-                       lambda cfg: DiffusionPrior(PriorConfig.from_dict(cfg)), how, device)  # fmt: skip
+                       build_prior, how, device)  # fmt: skip
     return model, model.config.diffusion.build()
 
 

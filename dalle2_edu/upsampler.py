@@ -526,6 +526,11 @@ def save_upsampler(model: Upsampler, path=None, metrics: dict | None = None, hal
     return save_model(default_upsampler_path() if path is None else path, model, "upsampler", metrics, half)
 
 
+def build_upsampler(config: dict) -> Upsampler:
+    """An untrained upsampler of a saved config (the checkpoint registry's builder)."""
+    return Upsampler(UpsamplerConfig.from_dict(config))
+
+
 def load_upsampler(path=None, device="cpu") -> tuple[Upsampler, GaussianDiffusion]:
     """Load saved weights (default ``data/checkpoints/upsampler64.safetensors``) in eval mode, in float32.
 
@@ -538,7 +543,7 @@ def load_upsampler(path=None, device="cpu") -> tuple[Upsampler, GaussianDiffusio
     how = (f"train one with `{TRAIN_COMMAND}` (or dalle2_edu.upsampler.train_upsampler) and save it with "
            "save_upsampler(trainer.ema_model, path)")  # fmt: skip
     model = load_model(default_upsampler_path() if path is None else path, "upsampler",
-                       lambda cfg: Upsampler(UpsamplerConfig.from_dict(cfg)), how, device)  # fmt: skip
+                       build_upsampler, how, device)  # fmt: skip
     return model, model.config.diffusion.build()
 
 

@@ -190,6 +190,15 @@ def test_every_entry_point_refuses_a_bad_seed(pipe, entry, seed):
         everywhere[entry](seed=seed)
 
 
+def test_empty_batches_are_refused_by_name(pipe):
+    with pytest.raises(ValueError, match=r"image_emb is an empty batch, shape \(0, 16\)"):
+        pipe.decode(torch.zeros(0, D), steps=2)
+    with pytest.raises(ValueError, match="low_res is an empty batch"):
+        pipe.invert(torch.zeros(0, 3, 8, 8), torch.zeros(0, D), steps=2)
+    with pytest.raises(ValueError, match="image is an empty batch"):
+        pipe.encode_image(torch.zeros(0, 3, 16, 16))
+
+
 def test_the_largest_seed_works(pipe):
     out = run(pipe, seed=2**63 - 1)
     assert out.tensors.shape == (4, 3, 16, 16) and torch.isfinite(out.tensors).all()

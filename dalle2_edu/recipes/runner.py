@@ -143,21 +143,13 @@ def _move_aside(run_dir: Path) -> Path:
 
 
 def _save(stage: str, model, path: Path, report: dict) -> None:
-    """Write ``model``'s weights (fp16 where the stage ships fp16) and ``report`` as JSON beside them."""
-    if stage == "clip":
-        from dalle2_edu.clip import save_clip
+    """Write ``model``'s weights (fp16) and ``report`` (with the model's config) as JSON beside them, through the one
+    save path and its registry of kinds (:data:`dalle2_edu.checkpoint.MODEL_KINDS`)."""
+    from dalle2_edu.checkpoint import save_model
 
-        save_clip(model, path, metrics=report)
-    elif stage == "classifier":
-        from dalle2_edu.metrics import save_attribute_classifier
-
-        save_attribute_classifier(model, {**report, "config": model.config}, path)
-    else:
-        from dalle2_edu.checkpoint import save_model
-
-        key = {"prior": "prior", "decoder": "decoder", "upsampler": "upsampler", "attributes": "image_model"}[stage]
-        payload = {"config": model.config.to_dict(), **report} if stage == "prior" else report
-        save_model(path, model, key, payload)
+    config = model.config if isinstance(model.config, dict) else model.config.to_dict()
+    kind = {"attributes": "image_model", "classifier": "attribute_classifier"}.get(stage, stage)
+    save_model(path, model, kind, {**report, "config": config}, config=config)
 
 
 class Runner:

@@ -192,9 +192,7 @@ def load_warm_start(path: Path, build: bool = True):
 
     :param build: False only checks the file (it exists and holds one of the two kinds) and returns None.
     """
-    from dalle2_edu.checkpoint import load_weights
-    from dalle2_edu.decoder import load_decoder
-    from dalle2_edu.image_model import load_image_model
+    from dalle2_edu.checkpoint import load_model, load_weights, model_kind
 
     path = Path(path)
     if not path.is_file():
@@ -204,11 +202,10 @@ def load_warm_start(path: Path, build: bool = True):
             "starts from), e.g. --init-decoder data/checkpoints/image32_attributes.safetensors"
         )
     _, config = load_weights(path)
-    if "decoder" in config:
-        return load_decoder(path)[0] if build else None
-    if "image_model" in config:
-        return load_image_model(path)[0] if build else None
-    raise ValueError(f"--init-decoder: '{path}' holds a {', '.join(config) or 'model without a config'}, not a "
+    kind = model_kind(config)
+    if kind in ("decoder", "image_model"):
+        return load_model(path, kind) if build else None
+    raise ValueError(f"--init-decoder: '{path}' holds a {kind or 'model this project does not know'}, not a "
                      "decoder or an attribute image model; pass decoder32.safetensors or "
                      "image32_attributes.safetensors")  # fmt: skip
 
