@@ -19,8 +19,8 @@ import torch
 
 from dalle2_edu.checkpoint import load_checkpoint
 from dalle2_edu.datasets.catalogue import ProductCatalogue
-from dalle2_edu.image_model import AttributeUNet, ImageModelConfig, load_image_model, sample_images
 from dalle2_edu.metrics import fid, fid_floor, kid, load_attribute_classifier, prompt_fidelity
+from dalle2_edu.stages.attributes import AttributeUNet, ImageModelConfig, load_image_model, sample_images
 from dalle2_edu.viz import image_grid
 
 RUNS = [  # name, sampler, steps, variance, guidance

@@ -25,8 +25,8 @@ BATCH, SIZE, DDIM_STEPS = 64, 32, 50
 
 
 def ours(channels_last=False):
-    from dalle2_edu.image_model import default_unet
     from dalle2_edu.nets.unet import UNet, UNetConfig
+    from dalle2_edu.stages.attributes import default_unet
 
     return UNet.from_config(UNetConfig.from_dict({**default_unet(), "learned_sigma": True}))
 
@@ -110,7 +110,7 @@ import re, torch
 def hwm():
     return int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 torch.set_num_threads(2)
-from dalle2_edu.image_model import AttributeUNet, ImageModelConfig, image_loss_fn
+from dalle2_edu.stages.attributes import AttributeUNet, ImageModelConfig, image_loss_fn
 cfg = ImageModelConfig(); model = AttributeUNet(cfg); gd = cfg.diffusion.build()
 base = hwm()
 opt = torch.optim.AdamW(model.parameters(), 1e-4); loss_fn = image_loss_fn(gd, 0.1)

@@ -258,11 +258,11 @@ def weights_digest(path: str | os.PathLike) -> str:
 
 
 MODEL_KINDS: dict[str, str] = {
-    "clip": "dalle2_edu.clip:build_clip",
-    "prior": "dalle2_edu.prior:build_prior",
-    "decoder": "dalle2_edu.decoder:build_decoder",
-    "upsampler": "dalle2_edu.upsampler:build_upsampler",
-    "image_model": "dalle2_edu.image_model:build_image_model",
+    "clip": "dalle2_edu.stages.clip:build_clip",
+    "prior": "dalle2_edu.stages.prior:build_prior",
+    "decoder": "dalle2_edu.stages.decoder:build_decoder",
+    "upsampler": "dalle2_edu.stages.upsampler:build_upsampler",
+    "image_model": "dalle2_edu.stages.attributes:build_image_model",
     "attribute_classifier": "dalle2_edu.metrics:build_attribute_classifier",
 }
 """The registry of model kinds: the key a weights file's config is stored under → ``module:function`` that builds the

@@ -69,7 +69,7 @@ def _toy2d(args) -> dict:
     import torch
 
     from dalle2_edu.diffusion.sampling import sample_progressive
-    from dalle2_edu.toy2d import Toy2DConfig, train_toy2d, vlb_vs_exact_nll
+    from dalle2_edu.stages.toy2d import Toy2DConfig, train_toy2d, vlb_vs_exact_nll
     from dalle2_edu.validate import check_count, check_seed
     from dalle2_edu.viz import scatter_row, trajectory_frames
 
@@ -239,11 +239,11 @@ def _evaluate(args) -> dict:
     path = folder / STAGE_FILES.get(args.stage, "")
     with torch.no_grad():
         if args.stage == "clip":
-            from dalle2_edu.clip import evaluate_clip, load_clip
+            from dalle2_edu.stages.clip import evaluate_clip, load_clip
 
             report = evaluate_clip(load_clip(path), progress=True)
         elif args.stage == "upsampler":
-            from dalle2_edu.upsampler import evaluate_upsampler, load_upsampler
+            from dalle2_edu.stages.upsampler import evaluate_upsampler, load_upsampler
 
             model, gd = load_upsampler(path)
             report = evaluate_upsampler(model, gd, n=args.n, seed=args.seed, progress=True)

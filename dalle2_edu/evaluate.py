@@ -23,7 +23,7 @@ from dalle2_edu.datasets.catalogue import (
     make_caption,
 )
 from dalle2_edu.edits import fit_size
-from dalle2_edu.upsampler import to_float_images
+from dalle2_edu.stages.upsampler import to_float_images
 
 
 def eval_prompts(split: str = "seen", seed: int = 0) -> tuple[list[str], torch.Tensor]:

@@ -6,8 +6,9 @@ decoder (32×32) → upsampler (64×64).
     >>> out.images            # 4 PIL images                             # doctest: +SKIP
     >>> out.tensors.shape     # (4, 3, 64, 64) in [-1, 1]                 # doctest: +SKIP
 
-Every stage is its own module (:mod:`~dalle2_edu.clip`, :mod:`~dalle2_edu.prior`, :mod:`~dalle2_edu.decoder`,
-:mod:`~dalle2_edu.upsampler`); this file only wires them together, so each can be swapped or skipped
+Every stage is its own module (:mod:`~dalle2_edu.stages.clip`, :mod:`~dalle2_edu.stages.prior`,
+:mod:`~dalle2_edu.stages.decoder`,
+:mod:`~dalle2_edu.stages.upsampler`); this file only wires them together, so each can be swapped or skipped
 (``use_prior=False`` feeds the text embedding straight to the decoder, the ablation DALL·E 2 reports;
 ``upsample=False`` stops at 32×32).
 """
@@ -124,7 +125,7 @@ def _check_batch(name: str, x: torch.Tensor) -> torch.Tensor:
 class UnCLIP:
     """The four trained stages and the settings to run them; build with :meth:`from_pretrained`.
 
-    :param clip: a :class:`dalle2_edu.clip.ProductCLIP`.
+    :param clip: a :class:`dalle2_edu.stages.clip.ProductCLIP`.
     :param prior: ``(DiffusionPrior, GaussianDiffusion)`` or None (then ``use_prior=False`` is forced).
     :param decoder: ``(CLIPDecoder, GaussianDiffusion)``.
     :param upsampler: ``(Upsampler, GaussianDiffusion)`` or None (then pictures stay 32×32).
@@ -143,10 +144,10 @@ class UnCLIP:
         :param upsampler: load the 32→64 upsampler too (skipped silently when its file is absent).
         :raises FileNotFoundError: the folder or a required file is missing, with the command that makes it.
         """
-        from dalle2_edu.clip import load_clip
-        from dalle2_edu.decoder import load_decoder
-        from dalle2_edu.prior import load_prior
-        from dalle2_edu.upsampler import load_upsampler
+        from dalle2_edu.stages.clip import load_clip
+        from dalle2_edu.stages.decoder import load_decoder
+        from dalle2_edu.stages.prior import load_prior
+        from dalle2_edu.stages.upsampler import load_upsampler
         from dalle2_edu.utils import data_dir, get_device
 
         folder = Path(path)
@@ -192,7 +193,7 @@ class UnCLIP:
     ) -> torch.Tensor:
         """(stop - start, d) image embeddings of pictures ``start .. stop - 1`` (one :data:`SEED_BLOCK`), the prior
         seeded with ``seed``. Only the prompts those pictures show are encoded."""
-        from dalle2_edu.prior import sample_prior
+        from dalle2_edu.stages.prior import sample_prior
 
         first, last = start // n, (stop - 1) // n
         text_emb, tokens, mask = self.text_embeddings(prompts[first : last + 1])
@@ -269,7 +270,7 @@ class UnCLIP:
         :param guidance_scale: finite, >= 0 (:func:`~dalle2_edu.validate.check_guidance_scale`).
         :param eta: DDIM's η in [0, 1] (:func:`~dalle2_edu.validate.check_eta`).
         """
-        from dalle2_edu.decoder import sample_decoder
+        from dalle2_edu.stages.decoder import sample_decoder
 
         guidance_scale, eta = check_guidance_scale(guidance_scale), check_eta(eta)
         steps, seed = check_count("steps", steps), check_seed(seed)
@@ -286,7 +287,7 @@ class UnCLIP:
         steps, seed = check_count("steps", steps), check_seed(seed)
         if self.upsampler is None:
             return torch.nn.functional.interpolate(low_res, scale_factor=2, mode="bilinear", align_corners=False)
-        from dalle2_edu.upsampler import upsample
+        from dalle2_edu.stages.upsampler import upsample
 
         model, gd = self.upsampler
         return upsample(model, gd, low_res, steps=min(steps, gd.num_timesteps), seed=seed, progress=progress)
@@ -480,7 +481,7 @@ class UnCLIP:
         decoder, decoding that noise at guidance 3 reconstructs them with MSE 0.14 (0.21 when inverting at scale 3;
         0.48 from fresh noise).
         """
-        from dalle2_edu.decoder import guided_decoder, respaced
+        from dalle2_edu.stages.decoder import guided_decoder, respaced
 
         steps = check_count("steps", steps)
         _check_batch("low_res", low_res)
@@ -670,8 +671,8 @@ class UnCLIP:
         """
         import time
 
-        from dalle2_edu.decoder import guided_decoder, respaced
         from dalle2_edu.edits import fit_size, mask_to_size, mask_to_tensor, repaint
+        from dalle2_edu.stages.decoder import guided_decoder, respaced
 
         prompts = check_prompts(prompt)
         if len(prompts) != 1:

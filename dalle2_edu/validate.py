@@ -138,7 +138,8 @@ def offset_seed(seed: int, k: int) -> int:
 def check_prompts(prompt, name: str = "prompt") -> list[str]:
     """One prompt or a non-empty list/tuple of them → a list of non-blank strings (a list may repeat a prompt).
 
-    Whether the words are known is for the CLIP that reads them to say (:meth:`~dalle2_edu.clip.ProductCLIP.tokenize`).
+    Whether the words are known is for the CLIP that reads them to say
+    (:meth:`~dalle2_edu.stages.clip.ProductCLIP.tokenize`).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, list | tuple) else None
     if not prompts:

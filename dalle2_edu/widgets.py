@@ -194,7 +194,7 @@ class DenoisingExplorer:
         :param noise: the starting x_T (``shape``) instead of drawing it from ``seed`` (which then seeds only the
             step noise of η > 0).
         """
-        from dalle2_edu.decoder import respaced
+        from dalle2_edu.stages.decoder import respaced
 
         shape = tuple(shape)
         if len(shape) != 4 or not all(isinstance(s, int) and s >= 1 for s in shape):
@@ -216,7 +216,7 @@ class DenoisingExplorer:
         """The decoder's trajectory for a prompt: the same pictures as ``pipe.generate(prompt, n, guidance_scale,
         steps, seed, upsample=False)`` (the same image embeddings and the same starting noise,
         :meth:`~dalle2_edu.pipeline.UnCLIP.decoder_start_noise`)."""
-        from dalle2_edu.decoder import guided_decoder
+        from dalle2_edu.stages.decoder import guided_decoder
 
         n, steps = check_counts(n=n, steps=steps)
         guidance_scale, seed = check_guidance_scale(guidance_scale), check_seed(seed)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle2_edu.checkpoint import save_weights
-from dalle2_edu.clip import (
+from dalle2_edu.stages.clip import (
     ATTRIBUTE_VALUES,
     EOT_ID,
     PAD_ID,

@@ -2,7 +2,9 @@ import pytest
 import torch
 from tiny_unclip import perturbed
 
-from dalle2_edu.decoder import (
+from dalle2_edu.nets.unet import UNetConfig
+from dalle2_edu.stages.attributes import AttributeUNet, ImageModelConfig
+from dalle2_edu.stages.decoder import (
     CLIPDecoder,
     DecoderConfig,
     decoder_loss_fn,
@@ -13,8 +15,6 @@ from dalle2_edu.decoder import (
     save_decoder,
     train_decoder,
 )
-from dalle2_edu.image_model import AttributeUNet, ImageModelConfig
-from dalle2_edu.nets.unet import UNetConfig
 
 D = 8
 

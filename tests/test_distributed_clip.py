@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dalle2_edu.clip import CLIPConfig, ProductCLIP, build_vocabulary, clip_loss_fn
+from dalle2_edu.stages.clip import CLIPConfig, ProductCLIP, build_vocabulary, clip_loss_fn
 
 CAPTIONS = ["a red mug", "a blue mug", "a green cap", "a black vase", "a pink lamp", "a yellow cap", "a red vase",
             "a blue lamp"]  # fmt: skip

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from dalle2_edu.diffusion.guidance import GuidedModel
-from dalle2_edu.image_model import (
+from dalle2_edu.nets.unet import UNetConfig
+from dalle2_edu.stages.attributes import (
     UNSPECIFIED,
     AttributeUNet,
     ImageModelConfig,
@@ -10,7 +11,6 @@ from dalle2_edu.image_model import (
     image_loss_fn,
     sample_images,
 )
-from dalle2_edu.nets.unet import UNetConfig
 
 
 def tiny_config(**kw):

@@ -280,8 +280,8 @@ def test_prompts_ending_in_punctuation_read_as_without_it(pipe):
 def test_the_shipped_clip_reads_every_catalogue_caption_as_before_and_takes_full_stops():
     import open_clip
 
-    from dalle2_edu.clip import load_clip
     from dalle2_edu.datasets.catalogue import make_caption
+    from dalle2_edu.stages.clip import load_clip
 
     tokenizer = load_clip("data/checkpoints/clip_tiny.safetensors").tokenizer
     products = itertools.product(CATEGORIES, COLOUR_NAMES, PATTERNS, BACKGROUNDS, range(4))
@@ -302,7 +302,7 @@ class _Settings:  # a Python object inside a weights file, as training scripts o
 
 
 def test_a_pickled_open_clip_file_is_refused_without_suggesting_to_unpickle_it(folder, tmp_path):
-    from dalle2_edu.clip import load_clip, load_pretrained_open_clip
+    from dalle2_edu.stages.clip import load_clip, load_pretrained_open_clip
 
     clip = load_clip(folder / CHECKPOINT_FILES["clip"])
     config = clip.config.open_clip_config()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from dalle2_edu.checkpoint import save_weights
 from dalle2_edu.diffusion.schedules import space_timesteps
 from dalle2_edu.nets.prior_transformer import PriorTransformer, PriorTransformerConfig, prior_attention_mask
-from dalle2_edu.prior import (
+from dalle2_edu.stages.prior import (
     DiffusionPrior,
     PriorConfig,
     attribute_agreement,

@@ -6,7 +6,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from dalle2_edu.datasets import GaussianMixture2D, make_moons, make_swiss_roll, toy_dataset
 from dalle2_edu.nets.mlp import MLPDenoiser
-from dalle2_edu.toy2d import train_toy2d, vlb_vs_exact_nll
+from dalle2_edu.stages.toy2d import train_toy2d, vlb_vs_exact_nll
 
 
 def test_mixture_log_prob_matches_torch_distributions_and_integrates_to_one():

@@ -11,8 +11,7 @@ from dalle2_edu.checkpoint import load_weights, save_weights
 from dalle2_edu.datasets.catalogue import ProductCatalogue, downsample
 from dalle2_edu.nets.layers import AttentionBlock
 from dalle2_edu.nets.unet import UNetConfig
-from dalle2_edu.train import Trainer
-from dalle2_edu.upsampler import (
+from dalle2_edu.stages.upsampler import (
     Upsampler,
     UpsamplerConfig,
     blur_augment,
@@ -29,6 +28,7 @@ from dalle2_edu.upsampler import (
     upsample,
     upsampler_loss_fn,
 )
+from dalle2_edu.train import Trainer
 
 
 @pytest.fixture(autouse=True)

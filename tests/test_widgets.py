@@ -4,10 +4,10 @@ import pytest
 import torch
 from tiny_unclip import PROMPTS, write_tiny_checkpoints
 
-from dalle2_edu.decoder import guided_decoder
 from dalle2_edu.diffusion import GaussianDiffusion
 from dalle2_edu.diffusion.schedules import cosine_betas
 from dalle2_edu.pipeline import UnCLIP
+from dalle2_edu.stages.decoder import guided_decoder
 from dalle2_edu.widgets import DenoisingExplorer, PromptPlayground, pictures_png, png_to_array, recoloured_prompt
 
 

@@ -2,12 +2,12 @@
 
 import torch
 
-from dalle2_edu.clip import CLIPConfig, ProductCLIP, build_vocabulary, save_clip
-from dalle2_edu.decoder import CLIPDecoder, DecoderConfig, save_decoder
 from dalle2_edu.nets.unet import UNetConfig
 from dalle2_edu.pipeline import CHECKPOINT_FILES
-from dalle2_edu.prior import DiffusionPrior, PriorConfig, save_prior
-from dalle2_edu.upsampler import Upsampler, UpsamplerConfig, save_upsampler
+from dalle2_edu.stages.clip import CLIPConfig, ProductCLIP, build_vocabulary, save_clip
+from dalle2_edu.stages.decoder import CLIPDecoder, DecoderConfig, save_decoder
+from dalle2_edu.stages.prior import DiffusionPrior, PriorConfig, save_prior
+from dalle2_edu.stages.upsampler import Upsampler, UpsamplerConfig, save_upsampler
 
 D, W = 16, 32
 PROMPTS = ["a red striped mug on a wooden table", "blue cap with dots, white background"]

@@ -52,7 +52,7 @@ def _trainer_kwargs(ctx: StageContext) -> dict:
 
 def embeddings(ctx: StageContext) -> dict:
     """CLIP embeddings of the training set by the CLIP in ``ctx.out`` (cached beside the run)."""
-    from dalle2_edu.clip import embed_dataset, load_clip
+    from dalle2_edu.stages.clip import embed_dataset, load_clip
 
     if "embeddings" not in ctx.cache:
         clip = load_clip(ctx.upstream("clip"), device=_device_for_eval(ctx))
@@ -75,7 +75,7 @@ def _device_for_eval(ctx: StageContext):
 
 # ------------------------------------------------------------------------------------------------------------ clip
 def train_clip(ctx: StageContext):
-    from dalle2_edu.clip import CLIPConfig, train_clip
+    from dalle2_edu.stages.clip import CLIPConfig, train_clip
 
     s = ctx.settings
     config = CLIPConfig(**_merge(CLIPConfig().to_dict(), s.model))
@@ -91,7 +91,7 @@ def train_clip(ctx: StageContext):
 
 
 def grade_clip(ctx: StageContext, clip) -> dict:
-    from dalle2_edu.clip import evaluate_clip
+    from dalle2_edu.stages.clip import evaluate_clip
 
     clip = clip.cpu()
     report = {"retrieval": clip_retrieval(clip, ctx.data.images(clip.config.image_size), ctx.data.captions)}
@@ -121,7 +121,7 @@ def clip_retrieval(clip, images: torch.Tensor, captions: list[str], n: int = 256
 def warn_odd_words(captions: list[str], max_pieces: int = 3) -> list[str]:
     """Words that open_clip's BPE splits into more than ``max_pieces`` pieces (rare spellings, other scripts,
     emoji): CLIP can still learn them, but from pieces it shares with other words; printed with the fix."""
-    from dalle2_edu.clip import _caption_words, bpe_tokenizer
+    from dalle2_edu.stages.clip import _caption_words, bpe_tokenizer
 
     bpe = bpe_tokenizer()
     odd = sorted({w for c in set(captions) for w in _caption_words(c) if len(bpe.encode(w)) > max_pieces})
@@ -134,7 +134,7 @@ def warn_odd_words(captions: list[str], max_pieces: int = 3) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------- prior
 def train_prior(ctx: StageContext):
-    from dalle2_edu.prior import PriorConfig, default_transformer, train_prior
+    from dalle2_edu.stages.prior import PriorConfig, default_transformer, train_prior
 
     emb = embeddings(ctx)
     s = ctx.settings
@@ -150,7 +150,7 @@ def train_prior(ctx: StageContext):
 
 def grade_prior(ctx: StageContext, prior, n: int = 256) -> dict:
     """cos(sampled image embedding, the caption's real one) against cos(text embedding, image embedding)."""
-    from dalle2_edu.prior import cosine_similarity_report, sample_prior
+    from dalle2_edu.stages.prior import cosine_similarity_report, sample_prior
 
     emb = embeddings(ctx)
     k = min(16 if ctx.quick else n, len(ctx.data))
@@ -167,7 +167,7 @@ def grade_prior(ctx: StageContext, prior, n: int = 256) -> dict:
 
 # --------------------------------------------------------------------------------------------------------- decoder
 def train_decoder(ctx: StageContext):
-    from dalle2_edu.decoder import DecoderConfig, train_decoder
+    from dalle2_edu.stages.decoder import DecoderConfig, train_decoder
 
     emb = embeddings(ctx)
     s = ctx.settings
@@ -222,7 +222,7 @@ def _warm_start_path(source: str) -> Path:
 
 def _warm_start(source: str, ctx: StageContext):
     """The shipped attribute model (its UNet) to start the decoder from, when the recipe asks for it and it exists."""
-    from dalle2_edu.image_model import load_image_model
+    from dalle2_edu.stages.attributes import load_image_model
 
     path = _warm_start_path(source)
     if not path.exists():
@@ -241,7 +241,7 @@ def grade_decoder(ctx: StageContext, decoder) -> dict:
 
 # ------------------------------------------------------------------------------------------------------- upsampler
 def train_upsampler(ctx: StageContext):
-    from dalle2_edu.upsampler import UpsamplerConfig, train_upsampler
+    from dalle2_edu.stages.upsampler import UpsamplerConfig, train_upsampler
 
     s = ctx.settings
     config = UpsamplerConfig.from_dict(_merge(UpsamplerConfig().to_dict(), s.model))
@@ -255,7 +255,7 @@ def train_upsampler(ctx: StageContext):
 def grade_upsampler(ctx: StageContext, model, n: int = 32) -> dict:
     """PSNR against the real 64×64 pictures, beside bilinear and bicubic (the catalogue's test split, or the
     folder's own pictures, which it trained on: read those as a sanity check, not a test score)."""
-    from dalle2_edu.upsampler import evaluate_upsampler
+    from dalle2_edu.stages.upsampler import evaluate_upsampler
 
     gd = model.config.diffusion.build()
     real = None if ctx.data.kind == "catalogue" else ctx.data.images(model.config.image_size)
@@ -268,7 +268,7 @@ def grade_upsampler(ctx: StageContext, model, n: int = 32) -> dict:
 
 # ------------------------------------------------------------------------------------- catalogue-only: attributes
 def train_attributes(ctx: StageContext):
-    from dalle2_edu.image_model import ImageModelConfig, train_image_model
+    from dalle2_edu.stages.attributes import ImageModelConfig, train_image_model
 
     s = ctx.settings
     config = ImageModelConfig.from_dict(_merge(ImageModelConfig().to_dict(), s.model))

@@ -789,7 +789,7 @@ def train_clip(
 
 
 def _dataset_key(clip: ProductCLIP, images: torch.Tensor, captions: Sequence[str], with_tokens: bool) -> str:
-    h = hashlib.sha256(b"dalle2_edu.clip.embed_dataset v1")
+    h = hashlib.sha256(b"dalle2_edu.stages.clip.embed_dataset v1")
     h.update(json.dumps(clip.config.to_dict(), sort_keys=True).encode())
     for name, tensor in sorted(clip.state_dict().items()):
         h.update(name.encode())
@@ -863,7 +863,7 @@ def embed_dataset(
         from dalle2_edu.checkpoint import warn_cache_not_written
 
         try:
-            save_weights(path, out, {"what": "dalle2_edu.clip.embed_dataset", "n": len(captions)}, half=False)
+            save_weights(path, out, {"what": "dalle2_edu.stages.clip.embed_dataset", "n": len(captions)}, half=False)
         except OSError as err:  # a read-only checkout: go on without the cache
             warn_cache_not_written(path, err)
     return out

@@ -540,7 +540,7 @@ def load_upsampler(path=None, device="cpu") -> tuple[Upsampler, GaussianDiffusio
     """
     from dalle2_edu.checkpoint import load_model
 
-    how = (f"train one with `{TRAIN_COMMAND}` (or dalle2_edu.upsampler.train_upsampler) and save it with "
+    how = (f"train one with `{TRAIN_COMMAND}` (or dalle2_edu.stages.upsampler.train_upsampler) and save it with "
            "save_upsampler(trainer.ema_model, path)")  # fmt: skip
     model = load_model(default_upsampler_path() if path is None else path, "upsampler",
                        build_upsampler, how, device)  # fmt: skip

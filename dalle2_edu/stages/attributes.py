@@ -200,7 +200,8 @@ def load_image_model(path=None, device="cpu") -> tuple[AttributeUNet, GaussianDi
     """
     from dalle2_edu.checkpoint import load_model
 
-    how = "train one with dalle2_edu.image_model.train_image_model(...) and save it with save_image_model(model, path)"
+    how = ("train one with `python -m dalle2_edu train attributes --out FOLDER` (or train_image_model(...) and "
+           "save_image_model(model, path))")
     model = load_model(default_image_model_path() if path is None else path, "image_model",
                        build_image_model, how, device)  # fmt: skip
     return model, model.config.diffusion.build()

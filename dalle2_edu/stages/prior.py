@@ -376,13 +376,13 @@ def same_label_cosine(emb: torch.Tensor, labels: torch.Tensor) -> tuple[float, i
 @torch.no_grad()
 def zero_shot_class_embeddings(clip, attributes=("category", "colour", "pattern", "background")) -> dict:
     """One unit text embedding per value of each attribute, for :func:`attribute_agreement`: the normalised mean of
-    the CLIP text embeddings of that value's prompts (:func:`dalle2_edu.clip.zero_shot_prompts`; CLIP's "prompt
+    the CLIP text embeddings of that value's prompts (:func:`dalle2_edu.stages.clip.zero_shot_prompts`; CLIP's "prompt
     ensembling").
 
-    :param clip: a :class:`dalle2_edu.clip.ProductCLIP`.
+    :param clip: a :class:`dalle2_edu.stages.clip.ProductCLIP`.
     :return: ``{attribute: (K, d)}``.
     """
-    from dalle2_edu.clip import zero_shot_prompts
+    from dalle2_edu.stages.clip import zero_shot_prompts
 
     out = {}
     for attribute in attributes:
@@ -455,7 +455,7 @@ def train_prior(
     """Train a :class:`DiffusionPrior` on paired CLIP embeddings with the project's Trainer.
 
     :param embeddings: dict with ``image_emb`` (N, d), ``text_emb`` (N, d) and optionally ``text_tokens`` (N, L, w)
-        and ``text_mask`` (N, L) bool — what :func:`dalle2_edu.clip.embed_dataset` returns.
+        and ``text_mask`` (N, L) bool — what :func:`dalle2_edu.stages.clip.embed_dataset` returns.
     :param config: a :class:`PriorConfig`; None builds the default one with d and w read from the data (a prior
         without caption tokens when the dict holds none).
     :param out_dir: resumable checkpoints go here (running again continues); None keeps nothing.
@@ -519,7 +519,7 @@ def load_prior(path=None, device="cpu") -> tuple[DiffusionPrior, GaussianDiffusi
     """
     from dalle2_edu.checkpoint import load_model
 
-    how = ("train one with `python -m dalle2_edu train prior --out FOLDER` (or dalle2_edu.prior.train_prior(...) then "
+    how = ("train one with `python -m dalle2_edu train prior --out FOLDER` (or train_prior(...) then "
            "save_prior(trainer.ema_model, path))")  # fmt: skip
     model = load_model(default_prior_path() if path is None else path, "prior",
                        build_prior, how, device)  # fmt: skip
@@ -529,8 +529,8 @@ def load_prior(path=None, device="cpu") -> tuple[DiffusionPrior, GaussianDiffusi
 # ------------------------------------------------------------------------------------------------------ script
 def _embed_split(clip, split: str, n: int, seed: int, progress: bool) -> dict:
     """CLIP embeddings (cached in data/cache) of the first n items of a catalogue split, with captions and labels."""
-    from dalle2_edu.clip import embed_dataset
     from dalle2_edu.datasets.catalogue import ProductCatalogue
+    from dalle2_edu.stages.clip import embed_dataset
 
     cat = ProductCatalogue(n, split=split, seed=seed, resolution=32, progress=progress)
     out = dict(embed_dataset(clip, cat.images, cat.captions, cache_dir="default", progress=progress))
@@ -553,7 +553,7 @@ def evaluate_prior(
 ) -> dict:
     """Sample one embedding per caption of ``embeddings`` (in batches) and grade it.
 
-    :param embeddings: what :func:`dalle2_edu.clip.embed_dataset` returns, optionally with ``labels`` (N, 4).
+    :param embeddings: what :func:`dalle2_edu.stages.clip.embed_dataset` returns, optionally with ``labels`` (N, 4).
     :param weights: zero-shot class embeddings per attribute (see :func:`attribute_agreement`); with ``labels``,
         adds ``attributes`` (read off the samples) to the report. :param mean_image_emb: see
         :func:`cosine_similarity_report`.

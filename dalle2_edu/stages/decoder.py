@@ -14,7 +14,7 @@ Classifier-free guidance: during training z_i is replaced by a learned null embe
 ε̂ = ε̂(x_t, ∅) + s · (ε̂(x_t, z_i) - ε̂(x_t, ∅)) with ``guidance_scale`` s
 (:class:`dalle2_edu.diffusion.guidance.GuidedModel`).
 
-Embeddings are expected at the diffusion scale of :mod:`dalle2_edu.clip`: L2-normalised, times √d.
+Embeddings are expected at the diffusion scale of :mod:`dalle2_edu.stages.clip`: L2-normalised, times √d.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from torch import nn
 from dalle2_edu.diffusion import GaussianDiffusion, diffusion_loss, respaced, sample
 from dalle2_edu.diffusion.config import DiffusionConfig, coerce_diffusion, diffusion_field, lift_legacy_fields
 from dalle2_edu.diffusion.guidance import GuidedModel
-from dalle2_edu.image_model import default_unet
 from dalle2_edu.nets.unet import UNet, UNetConfig
+from dalle2_edu.stages.attributes import default_unet
 
 __all__ = ["CLIPDecoder", "DecoderConfig", "decoder_loss_fn", "guided_decoder", "respaced", "sample_decoder",
            "train_decoder", "save_decoder", "load_decoder", "init_from_image_model"]  # fmt: skip
@@ -138,7 +138,7 @@ class CLIPDecoder(nn.Module):
 
 
 def init_from_image_model(decoder: CLIPDecoder, image_model: nn.Module) -> list[str]:
-    """Warm-start the decoder from a trained attribute model's UNet (``dalle2_edu.image_model``) or from another
+    """Warm-start the decoder from a trained attribute model's UNet (``dalle2_edu.stages.attributes``) or from another
     decoder (to continue training a shipped one).
 
     Every weight whose name and shape match is copied. From an attribute model only the UNet is copied and the
@@ -240,7 +240,7 @@ def train_decoder(
     """Train a :class:`CLIPDecoder` with the project's Trainer on pictures and their CLIP image embeddings.
 
     :param images: (N, 3, 32, 32) uint8 training pictures.
-    :param image_emb: (N, d) their CLIP image embeddings (``dalle2_edu.clip.embed_dataset``).
+    :param image_emb: (N, d) their CLIP image embeddings (``dalle2_edu.stages.clip.embed_dataset``).
     :param init_from: an ``AttributeUNet`` or a ``CLIPDecoder`` to warm-start from (:func:`init_from_image_model`), or
         None.
     :param out_dir: resumable checkpoint folder, or None.
