@@ -99,6 +99,7 @@ class Trainer:
         together with the trainer's own settings under the key ``"trainer"``.
     :param log_every: append the mean of every logged scalar over the last ``log_every`` steps to ``history``.
     :param progress: show a tqdm progress bar and short messages.
+    :param desc: the progress bar's label, e.g. ``"training decoder"``.
     :param distributed: ``None`` (default): train with ``DistributedDataParallel`` when this process belongs to a
         process group of more than one process (``dalle2_edu.distributed.init_distributed`` under torchrun), else
         alone. ``True``: require such a group. ``False``: train alone even inside a group (each rank then trains
@@ -165,6 +166,7 @@ class Trainer:
         config: dict | None = None,
         log_every: int = 50,
         progress: bool = True,
+        desc: str = "training",
         distributed: bool | None = None,
         ddp_options: dict | None = None,
     ):
@@ -193,7 +195,7 @@ class Trainer:
         self.seed = seed
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.ckpt_every, self.sample_every, self.sample_fn = ckpt_every, sample_every, sample_fn
-        self.log_every, self.progress = log_every, progress
+        self.log_every, self.progress, self.desc = log_every, progress, desc
         self._num_examples = _data_length(data)
 
         # who this process is: alone, or one rank of a DistributedDataParallel run
@@ -365,7 +367,7 @@ class Trainer:
             return self.history
         (self.model if self._ddp is None else self._ddp).train()
         bar = tqdm(
-            total=steps, initial=self.step, disable=not (self.progress and self.is_main), desc="training",
+            total=steps, initial=self.step, disable=not (self.progress and self.is_main), desc=self.desc, unit="step",
             dynamic_ncols=True,
         )  # fmt: skip
         try:

@@ -162,17 +162,15 @@ class DenoisingExplorer:
     @classmethod
     def for_points(cls, gd, model: Callable, n: int = 500, steps: int | None = None, seed: int = 0, **kwargs):
         """Ancestral sampling of ``n`` 2D points with ``model`` (optionally respaced to ``steps``), all kept."""
-        from dalle2_edu.diffusion.schedules import space_timesteps
+        from dalle2_edu.diffusion.sampling import respaced, sample_progressive
 
         n, seed = check_count("n", n), check_seed(seed)
-        steps = None if steps is None else check_count("steps", steps)
-        spaced = (
-            gd if steps is None or steps == gd.num_timesteps else gd.respace(space_timesteps(gd.num_timesteps, [steps]))
-        )
+        steps = gd.num_timesteps if steps is None else check_count("steps", steps)
         generator = torch.Generator().manual_seed(seed)
         start = torch.randn(n, 2, generator=generator)
-        trajectory = spaced.p_sample_loop_progressive(model, (n, 2), noise=start, generator=generator)
-        t_orig = spaced.timestep_map.flip(0).tolist()
+        trajectory = sample_progressive(model, gd, (n, 2), sampler="ddpm", steps=steps, noise=start,
+                                        generator=generator)  # fmt: skip
+        t_orig = respaced(gd, steps).timestep_map.flip(0).tolist()
         return cls.from_trajectory(start, trajectory, t_orig, kind="points", **kwargs)
 
     @classmethod
@@ -194,7 +192,7 @@ class DenoisingExplorer:
         :param noise: the starting x_T (``shape``) instead of drawing it from ``seed`` (which then seeds only the
             step noise of η > 0).
         """
-        from dalle2_edu.stages.decoder import respaced
+        from dalle2_edu.diffusion.sampling import respaced, sample_progressive
 
         shape = tuple(shape)
         if len(shape) != 4 or not all(isinstance(s, int) and s >= 1 for s in shape):
@@ -202,13 +200,12 @@ class DenoisingExplorer:
         steps, eta, seed = check_count("steps", steps), check_eta(eta), check_seed(seed)
         if noise is not None and tuple(noise.shape) != shape:
             raise ValueError(f"noise must have the shape {shape}, got {tuple(noise.shape)}")
-        spaced = respaced(gd, min(steps, gd.num_timesteps))
+        steps = min(steps, gd.num_timesteps)
         generator = torch.Generator().manual_seed(seed)
         start = torch.randn(*shape, generator=generator) if noise is None else noise.detach().cpu()
-        trajectory = spaced.ddim_sample_loop_progressive(
-            model, shape, eta=eta, noise=start, generator=generator, device=device
-        )
-        t_orig = spaced.timestep_map.flip(0).tolist()
+        trajectory = sample_progressive(model, gd, shape, sampler="ddim", steps=steps, eta=eta, noise=start,
+                                        generator=generator, device=device)  # fmt: skip
+        t_orig = respaced(gd, steps).timestep_map.flip(0).tolist()
         return cls.from_trajectory(start, trajectory, t_orig, kind="images", **kwargs)
 
     @classmethod

@@ -397,7 +397,7 @@ class GaussianDiffusion:
                 raise ValueError(f"noise has shape {tuple(noise.shape)} but shape={tuple(shape)} was asked for")
             x = noise.to(device)
         steps = range(self.num_timesteps - 1, -1, -1)
-        for i in tqdm(steps, desc=desc, disable=not progress, leave=False):
+        for i in tqdm(steps, desc=desc, disable=not progress, leave=False, unit="step"):
             t = torch.full((shape[0],), i, device=device, dtype=torch.long)
             z = torch.randn(*shape, generator=generator, device="cpu").to(device=device, dtype=x.dtype)
             with torch.no_grad():

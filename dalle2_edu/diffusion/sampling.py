@@ -65,19 +65,25 @@ def sample_progressive(
     denoised_fn: Callable | None = None,
     progress: bool = False,
     desc: str | None = None,
+    generator: torch.Generator | None = None,
+    device=None,
 ) -> Iterator[dict]:
     """:func:`sample`, yielding ``dict(sample, pred_x0, t)`` after every step (for the explorers and animations).
 
     The network is in eval mode while the iterator runs and put back as it was when it finishes.
+
+    :param generator: a CPU ``torch.Generator`` to draw from instead of a fresh one seeded with ``seed`` (e.g. one
+        that already drew the starting noise).
+    :param device: where to sample (default: the network's device, else the noise's, else the CPU).
     """
     check_sampler(sampler)
     spaced = respaced(gd, gd.num_timesteps if steps is None else steps)
     module = _module_of(model)
-    device = _device_of(module, noise)
+    device = torch.device(device) if device is not None else _device_of(module, noise)
     shape = tuple(shape)
     if noise is not None and tuple(noise.shape) != shape:
         raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-    generator = torch.Generator().manual_seed(seed)
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
     kwargs = dict(noise=noise, clip_denoised=clip_denoised, model_kwargs=model_kwargs, denoised_fn=denoised_fn,
                   generator=generator, device=device, progress=progress,
                   desc=f"{desc} ({sampler.upper()} {spaced.num_timesteps} steps)" if desc else None)  # fmt: skip

@@ -47,7 +47,7 @@ def _merge(base: dict, changes: dict) -> dict:
 
 
 def _trainer_kwargs(ctx: StageContext) -> dict:
-    return dict(ctx.settings.trainer_kwargs(), device=ctx.device)
+    return dict(ctx.settings.trainer_kwargs(), device=ctx.device, desc=f"training {ctx.stage}")
 
 
 def embeddings(ctx: StageContext) -> dict:
