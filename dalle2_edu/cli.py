@@ -109,12 +109,12 @@ def _toy2d(args) -> dict:
 def _generate(args) -> dict:
     from PIL import Image
 
-    from dalle2_edu.pipeline import UnCLIP, _check_prompts
-    from dalle2_edu.validate import check_count, check_guidance_scale, check_seed
+    from dalle2_edu.pipeline import UnCLIP
+    from dalle2_edu.validate import check_count, check_guidance_scale, check_prompts, check_seed
     from dalle2_edu.viz import image_grid
 
     # every argument is checked before the models load or a picture is drawn
-    prompts = _check_prompts(args.prompts)
+    prompts = check_prompts(args.prompts)
     n = check_count("--n", args.n)
     steps = check_count("--steps", args.steps)
     batch = check_count("--batch-size", args.batch_size)
