@@ -46,11 +46,11 @@ def test_every_recipe_names_every_stage_and_steps_scale_with_the_folder():
     for name, stages in RECIPES.items():
         assert set(stages) == set(STAGE_FILES), name
     assert scale_steps(1000, 20_000) == 1000
-    assert scale_steps(1000, 5_000) == 500  # sqrt(1/4)
-    assert scale_steps(1000, 500) == 250  # clamped at a quarter
+    assert scale_steps(1000, 500) == 1000  # never fewer than the recipe
+    assert scale_steps(1000, 80_000) == 2000  # sqrt(4)
     assert scale_steps(1000, 10**7) == 4000  # clamped at 4x
-    s = recipe_for("fast", "decoder", n_pictures=5_000)
-    assert s.steps == 600 and s.n_train == 5_000
+    s = recipe_for("fast", "decoder", n_pictures=45_000)
+    assert s.steps == 1800 and s.n_train == 45_000
     with pytest.raises(ValueError, match="untrained"):
         recipe_for("fast", "clip", steps=0)
     with pytest.raises(ValueError, match="unknown recipe"):

@@ -6,9 +6,11 @@ the tests and the torchrun check). The stage code keeps its own defaults for not
 only through these tables, and each checkpoint's JSON records the one command that made it.
 
 Your own folder of pictures: the recipes' step counts are tuned for the 20 000-picture catalogue; a folder of N
-pictures trains ``steps × clamp(√(N / 20 000), 1/4, 4)`` steps (:func:`scale_steps`): a small folder needs fewer
-updates to see every picture many times (and overfits sooner), a large one more, growing like √N rather than N
-because the models are small and stop improving long before a 50 000-picture folder has been seen many times.
+pictures trains ``steps × clamp(√(N / 20 000), 1, 4)`` steps (:func:`scale_steps`). Never fewer than the recipe: a
+diffusion model needs about that many updates to learn to denoise at all, whatever the folder's size (measured: a
+600-picture folder trained a quarter of the fast recipe's steps drew noisy blobs, colour right 60% of the time and
+shape at chance; docs/TRAINING.md). A larger folder gets more, growing like √N rather than N because these small
+networks stop improving long before a 50 000-picture folder has been seen many times.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ EVALUATION = {"full": {"n": 4, "steps": 25}, "fast": {"n": 2, "steps": 25}, "gpu
 
 def scale_steps(steps: int, n_pictures: int) -> int:
     """A recipe's step count for a training set of ``n_pictures`` (see the module docstring)."""
-    factor = min(4.0, max(0.25, math.sqrt(n_pictures / REFERENCE_SIZE)))
+    factor = min(4.0, max(1.0, math.sqrt(n_pictures / REFERENCE_SIZE)))
     return max(1, round(steps * factor))
 
 
