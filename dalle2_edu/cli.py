@@ -49,19 +49,9 @@ def _set_threads() -> None:
 
 def _check_out_dir(path: str, what: str = "--out") -> Path:
     """An output folder that can be written, checked before any work starts."""
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{what} '{path}' is a file (or a device), not a folder; pass a folder name")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(
-            f"cannot write into {what} '{path}' ({err.strerror or err}); pick a folder you can write to"
-        ) from None
-    return folder
+    from dalle2_edu.utils import writable_folder
+
+    return writable_folder(path, what)
 
 
 # ---------------------------------------------------------------------------------------------------------- toy2d

@@ -27,6 +27,27 @@ def data_dir() -> Path:
     return Path.home() / ".cache" / "dalle2_edu"
 
 
+def writable_folder(path, what: str = "--out") -> Path:
+    """``path`` as a folder that exists and can be written (created if missing), checked before any work starts.
+
+    :raises ValueError: ``path`` is a file or a device, or cannot be written; the message names ``what``.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} '{path}' is a file (or a device), not a folder; pass a folder name")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(
+            f"cannot write into {what} '{path}' ({err.strerror or err}); pick a folder you can write to, e.g. "
+            f"{what} runs/mine"
+        ) from None
+    return folder
+
+
 def set_seed(seed: int) -> torch.Generator:
     """Seed Python's, NumPy's and PyTorch's (CPU and CUDA) random generators with one number.
 

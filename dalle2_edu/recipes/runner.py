@@ -78,6 +78,8 @@ def shipped_folder() -> Path:
 def check_out_folder(out: Path, overwrite_shipped: bool = False) -> None:
     """Refuse an output folder that would lose or mix work: the shipped checkpoints (unless asked explicitly), a
     file, an unwritable place, or a Trainer's own run folder."""
+    from dalle2_edu.utils import writable_folder
+
     if out.exists() and not out.is_dir():
         raise TrainingError(f"--out '{out}' is a file, not a folder; pass a folder name (it is created if missing)")
     if out.resolve() == shipped_folder() and not overwrite_shipped:
@@ -89,13 +91,9 @@ def check_out_folder(out: Path, overwrite_shipped: bool = False) -> None:
         raise TrainingError(f"'{out}' holds a Trainer checkpoint (checkpoint.pt): it is one stage's run folder, not a "
                             "checkpoint folder; pass its parent's parent, or a new folder")  # fmt: skip
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise TrainingError(f"cannot write into --out '{out}' ({err.strerror or err}); pick a folder you can write "
-                            "to, e.g. --out runs/mine") from None  # fmt: skip
+        writable_folder(out, "--out")
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
 
 
 def check_same_data(out: Path, data: TrainingSet) -> None:
