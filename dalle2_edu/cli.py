@@ -171,11 +171,11 @@ def _demo(args) -> dict:
     folder = _check_out_dir(args.out)
     _set_threads()
     start = time.perf_counter()
-    pipe = UnCLIP.from_pretrained(args.checkpoints)
+    pipe = UnCLIP.from_pretrained(args.checkpoints, device=args.device)
     out = pipe.generate(list(DEMO_PROMPTS), n=4, steps=args.steps, seed=args.seed, progress=True)
     seconds = time.perf_counter() - start
     out.grid(nrow=4, scale=3).save(folder / "grid.png")
-    images = out.tensors
+    images = out.tensors.cpu()
     if images.shape[-1] % 32:  # the classifier reads 32x32 (or 64x64); other checkpoints' sizes are resized for it
         images = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear", antialias=True)
     grades = prompt_fidelity(images.clamp(-1, 1), prompt_attributes(out.prompts))
@@ -280,6 +280,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--checkpoints", default="data/checkpoints")
     demo.add_argument("--steps", type=int, default=25, help="decoder DDIM steps")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
 
     gen = sub.add_parser("generate", help="text -> pictures with a trained unCLIP pipeline")
     gen.add_argument("prompts", nargs="+", help='one or more prompts, e.g. "a red striped mug on a wooden table"')

@@ -238,6 +238,10 @@ class Trainer:
         self._queue = torch.empty(0, dtype=torch.long)  # indices of the current epoch not yet used (global batches)
 
         self.model.to(self.device)
+        if self.device.type == "cuda" and (isinstance(data, torch.Tensor) or (
+                isinstance(data, tuple) and all(isinstance(column, torch.Tensor) for column in data))):
+            # tensors live on the GPU for the whole run: a batch is gathered there, not copied over each step
+            self.data = _to_device(data, self.device)
         self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         if not self._params:
