@@ -57,28 +57,44 @@ def main() -> None:
     colour = sum(r["colour"] == c for r, (c, s) in zip(readings, wanted)) / len(wanted)
     shape = sum(r["shape"] == s for r, (c, s) in zip(readings, wanted)) / len(wanted)
     both = sum(r["colour"] == c and r["shape"] == s for r, (c, s) in zip(readings, wanted)) / len(wanted)
-    real = read_shapes(torch.stack([torch.from_numpy(__import__("numpy").array(
-        __import__("PIL.Image", fromlist=["Image"]).open(p))).permute(2, 0, 1)
-        for p in sorted((folder / "pictures").glob("*.png"))[:96]]))  # fmt: skip
+    # the reader itself, on the folder's real pictures (its accuracy bounds what it can say of generated ones)
+    import json as _json
+
+    import numpy as np
+    from PIL import Image
+
+    from dalle2_edu.datasets.shapes import caption_truth
+
+    entries = [_json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()[:120]]
+    real = read_shapes(torch.stack([torch.from_numpy(np.array(Image.open(folder / e["file_name"]).convert("RGB")))
+                                    .permute(2, 0, 1) for e in entries]))  # fmt: skip
+    truth = [caption_truth(e["text"]) for e in entries]
+    reader = {"pictures": len(entries),
+              "colour": sum(r["colour"] == t["colour"] for r, t in zip(real, truth)) / len(entries),
+              "shape": sum(r["shape"] == t["shape"] for r, t in zip(real, truth)) / len(entries)}  # fmt: skip
+    stage_seconds = {stage: _json.loads((out / f"{name}.json").read_text()).get("train_seconds")
+                     for stage, name in (("clip", "clip_tiny"), ("prior", "prior"), ("decoder", "decoder32"),
+                                         ("upsampler", "upsampler64"))}  # fmt: skip
     report = {
         "command": f"python benchmarks/folder_example.py --n {args.n} --recipe {args.recipe}",
         "train_command": " ".join(["python", "-m", "dalle2_edu", *command[3:]]).replace(str(ROOT) + "/", ""),
         "pictures": args.n,
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds_per_stage": stage_seconds,
+        "this_run_seconds": round(train_seconds, 1),
         "generate_seconds": round(gen_seconds, 1),
         "pictures_generated": len(wanted),
         "colour_read_correctly": round(colour, 4),
         "shape_read_correctly": round(shape, 4),
         "both_correct": round(both, 4),
         "chance": {"colour": 0.25, "shape": round(1 / 3, 4), "both": round(1 / 12, 4)},
-        "reader_on_real_pictures": {"shape": sum(r["shape"] is not None for r in real) / len(real)},
+        "reader_on_real_pictures": reader,
         "stages": json.loads((out / "report.json").read_text())["stages"],
     }
     (ROOT / args.report).parent.mkdir(parents=True, exist_ok=True)
     (ROOT / args.report).write_text(json.dumps(report, indent=2) + "\n")
     gen.grid(nrow=args.per_prompt, scale=2).save(ROOT / args.grid)
     print(json.dumps({k: report[k] for k in ("colour_read_correctly", "shape_read_correctly", "both_correct",
-                                             "train_seconds")}, indent=1))  # fmt: skip
+                                             "train_seconds_per_stage", "reader_on_real_pictures")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -87,7 +87,8 @@ def test_a_retrained_clip_makes_the_prior_stale_and_the_pipeline_refuses_the_mix
     report = run(out, "prior,decoder")  # retrains both against the new CLIP, old runs moved aside
     assert "skipped" not in report["stages"]["prior"]
     assert weights_digest(out / STAGE_FILES["prior"]) != old_prior
-    assert (out / "runs" / "prior.stale-1" / "checkpoint.pt").exists()  # nothing trained is deleted
+    assert (out / "runs" / "prior.stale-1" / "checkpoint.pt").exists()  # nothing trained is deleted...
+    assert weights_digest(out / "runs" / "prior.replaced-1" / STAGE_FILES["prior"]) == old_prior  # ...or overwritten
     check_checkpoint_set(out)  # consistent again
 
 
@@ -120,7 +121,7 @@ def test_the_runner_refuses_what_would_lose_or_mix_work(tmp_path, gadgets, catal
         run(tmp_path / "z", "clip", data=tmp_path / "no_captions")
 
 
-def test_train_all_on_your_own_folder_then_generate_from_it(tmp_path, gadgets, capsys):
+def test_train_all_on_your_own_folder_then_generate_from_it(tmp_path, gadgets, capsys, monkeypatch):
     out = tmp_path / "mine"
     assert main(["train", "all", "--recipe", "tiny", "--data", str(gadgets), "--out", str(out), "--device", "cpu",
                  "--no-progress"]) == 0  # fmt: skip
@@ -133,6 +134,13 @@ def test_train_all_on_your_own_folder_then_generate_from_it(tmp_path, gadgets, c
     assert main(["generate", "a red gizmo", "a blue widget.", "--n", "2", "--steps", "2", "--checkpoints", str(out),
                  "--out", str(pictures), "--scale", "1"]) == 0  # fmt: skip
     assert len(list(pictures.glob("0*_*.png"))) == 4 and (pictures / "grid.png").exists()
+    import dalle2_edu.cli as cli
+
+    monkeypatch.setattr(cli, "GRID_MAX_PICTURES", 3)  # more pictures than a grid holds: streamed singles only
+    many = tmp_path / "many"
+    assert main(["generate", "a red gizmo", "a blue widget", "--n", "2", "--steps", "2", "--batch-size", "1",
+                 "--checkpoints", str(out), "--out", str(many)]) == 0  # fmt: skip
+    assert len(list(many.glob("0*_*.png"))) == 4 and not (many / "grid.png").exists()
     readings = read_shapes(torch.zeros(1, 3, 8, 8, dtype=torch.uint8) + 255)
     assert readings[0]["shape"] is None  # a blank picture reads as nothing
     capsys.readouterr()
@@ -144,6 +152,9 @@ def test_train_all_on_your_own_folder_then_generate_from_it(tmp_path, gadgets, c
 def test_cli_errors_are_one_line_with_the_right_exit_code(tmp_path, capsys):
     assert main(["train", "clip", "--recipe", "tiny", "--steps", "0", "--out", str(tmp_path / "a")]) == 1
     assert "0 would save an untrained model" in capsys.readouterr().err
+    old = ["pretrain", "--recipe", "tiny", "--stages", "clip", "--clip-steps", "0", "--out", str(tmp_path / "p")]
+    assert main(old) == 1
+    assert "0 would save an untrained model" in capsys.readouterr().err  # the old command, now an alias of train
     assert main(["toy2d", "--steps", "-3", "--out", str(tmp_path / "t")]) == 1
     assert "--steps must be" in capsys.readouterr().err
     assert main(["toy2d", "--depth", "-1", "--out", str(tmp_path / "t")]) == 1

@@ -140,6 +140,18 @@ def _move_aside(run_dir: Path) -> Path:
     return target
 
 
+def _move_aside_files(weights: Path, base: Path) -> Path:
+    """Move a weights file and its JSON into a new folder ``base-N``; return that folder."""
+    i = 1
+    while (target := base.with_name(f"{base.name}-{i}")).exists():
+        i += 1
+    target.mkdir(parents=True)
+    for path in (weights, weights.with_suffix(".json")):
+        if path.exists():
+            shutil.move(str(path), str(target / path.name))
+    return target
+
+
 def _save(stage: str, model, path: Path, report: dict) -> None:
     """Write ``model``'s weights (fp16) and ``report`` (with the model's config) as JSON beside them, through the one
     save path and its registry of kinds (:data:`dalle2_edu.checkpoint.MODEL_KINDS`)."""
@@ -202,15 +214,26 @@ class Runner:
         names = resolve_stages(stages, "catalogue" if self.data_path is None else "folder")
         if isinstance(self.steps, int) and len([n for n in names if n != "evaluate"]) != 1:
             raise TrainingError("--steps sets one stage's steps: name a single stage (e.g. train decoder --steps 500)")
+        from dalle2_edu.distributed import is_initialized
+
+        joined_here = not is_initialized()
         self.info = init_distributed(self.device)
         self.device = str(self.info.device)
-        if self.is_main:
-            check_out_folder(self.out, self.overwrite_shipped)
-        barrier()
-        lock = RunLock(self.out, what=self.command) if self.is_main else None
-        if lock is not None:
-            lock.acquire()
+        lock = None
         try:
+            failure = None
+            if self.is_main:  # rank 0 checks and locks OUT; every rank learns whether that worked (none waits forever)
+                try:
+                    check_out_folder(self.out, self.overwrite_shipped)
+                    lock = RunLock(self.out, what=self.command).acquire()
+                except Exception as err:
+                    failure = err
+            if self.info.distributed:
+                from dalle2_edu.distributed import broadcast_object
+
+                failure = broadcast_object(failure)
+            if failure is not None:
+                raise failure
             report = _load_json(self.out / REPORT) if self.is_main else {}
             for stage in names:
                 data = self.data_for(stage if stage != "evaluate" else "decoder")
@@ -232,6 +255,10 @@ class Runner:
         finally:
             if lock is not None:
                 lock.release()
+            if joined_here:
+                from dalle2_edu.distributed import cleanup
+
+                cleanup()  # leave the process group this run joined (a no-op when alone)
 
     def trained_against(self, stage: str, settings, data: TrainingSet) -> dict:
         upstream = {}
@@ -303,6 +330,9 @@ class Runner:
                 "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
                 "date": datetime.date.today().isoformat(),
             }
+            if weights.exists():  # weights trained against something else: keep them, never overwrite them
+                kept = _move_aside_files(weights, run_dir.parent / f"{stage}.replaced")
+                self.say(f"{stage}: the weights it replaces were moved to {kept}")
             _save(stage, model.cpu(), weights, report)
             summary.update(final_loss=report["final_loss"], grade=grades)
             self.say(f"{stage}: done in {seconds:.0f} s; weights {weights}, report {json_path}")

@@ -62,7 +62,7 @@ def embeddings(ctx: StageContext) -> dict:
         # rank 0 keeps the cache; under torchrun the other ranks compute the same embeddings without writing
         cache = None if ctx.run_dir is None or not is_main() else ctx.run_dir.parent / "embeddings"
         ctx.cache["embeddings"] = embed_dataset(clip, images, ctx.data.captions, cache_dir=cache,
-                                                progress=ctx.progress)  # fmt: skip
+                                                progress=ctx.progress and is_main())  # fmt: skip
         ctx.cache["clip"] = clip
     return ctx.cache["embeddings"]
 
