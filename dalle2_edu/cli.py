@@ -56,8 +56,6 @@ def _check_out_dir(path: str, what: str = "--out") -> Path:
 
 # ---------------------------------------------------------------------------------------------------------- toy2d
 def _toy2d(args) -> dict:
-    import torch
-
     from dalle2_edu.diffusion.sampling import sample_progressive
     from dalle2_edu.stages.toy2d import Toy2DConfig, train_toy2d, vlb_vs_exact_nll
     from dalle2_edu.validate import check_count, check_seed
@@ -91,7 +89,6 @@ def _toy2d(args) -> dict:
         )
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"trained in {train_s:.0f} s; picture of the denoising: {out / 'denoising.png'}")
-    del torch
     return report
 
 

@@ -8,7 +8,6 @@ reused.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -64,20 +63,14 @@ class TrainingSet:
         if len(captions) < 2:
             raise ValueError(f"'{path}' holds {len(captions)} captioned picture(s); training needs at least 2 "
                              "(and a few hundred to learn anything)")  # fmt: skip
-        loaded: dict[str, torch.Tensor] = {}
-
         def load(resolution: int) -> torch.Tensor:
-            if "64" not in loaded:
-                loaded["64"] = _folder_images(folder, progress)
-            if resolution == FOLDER_RESOLUTION:
-                return loaded["64"]
             if FOLDER_RESOLUTION % resolution:
                 raise ValueError(f"a folder is read at {FOLDER_RESOLUTION}x{FOLDER_RESOLUTION}; {resolution} does not "
                                  "divide it")  # fmt: skip
-            return box_downsample(loaded["64"], FOLDER_RESOLUTION // resolution)
+            pictures = folder.tensors(progress=progress)[0]  # decoded once, kept by the folder
+            return box_downsample(pictures, FOLDER_RESOLUTION // resolution)
 
-        fingerprint = folder.fingerprint() if hasattr(folder, "fingerprint") else _fallback_fingerprint(folder)
-        return cls("folder", str(path), captions, fingerprint, load)
+        return cls("folder", str(path), captions, folder.fingerprint(), load)
 
     def images(self, resolution: int) -> torch.Tensor:
         """uint8 (N, 3, resolution, resolution) pictures, in the order of :attr:`captions`."""
@@ -87,28 +80,3 @@ class TrainingSet:
 
     def describe(self) -> dict:
         return {"kind": self.kind, "name": self.name, "pictures": len(self), "fingerprint": self.fingerprint}
-
-
-def _folder_images(folder, progress: bool) -> torch.Tensor:
-    """Every picture of an ImageCaptionFolder as uint8 (N, 3, 64, 64)."""
-    if hasattr(folder, "tensors"):
-        images, _ = folder.tensors(progress=progress)
-        return images
-    from tqdm.auto import tqdm
-
-    out = []
-    for i in tqdm(range(len(folder)), desc="reading pictures", disable=not progress):
-        item = folder[i]
-        image = item["image"] if isinstance(item, dict) else item[0]
-        out.append(image)
-    images = torch.stack(out)
-    if images.is_floating_point():
-        images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return images
-
-
-def _fallback_fingerprint(folder) -> str:
-    h = hashlib.sha256()
-    for caption in folder.captions:
-        h.update(caption.encode() + b"\x1f")
-    return "folder-" + h.hexdigest()[:32]
