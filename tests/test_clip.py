@@ -353,3 +353,16 @@ def test_shipped_clip_reads_colours_zero_shot():
     with torch.no_grad():
         z = clip.encode_text("a red striped mug on white")
     assert z.shape == (1, 64) and abs(z.norm().item() - 8.0) < 1e-4
+
+
+def test_an_embedding_cache_that_cannot_be_written_warns_and_goes_on(clip, tmp_path, monkeypatch):
+    """A read-only checkout: the optional cache of CLIP embeddings is skipped with a warning naming DALLE2_EDU_DATA."""
+    import dalle2_edu.checkpoint as checkpoint
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(checkpoint, "save_weights", read_only)
+    with pytest.warns(UserWarning, match="DALLE2_EDU_DATA"):
+        out = embed_dataset(clip, images(4), CAPTIONS[:4], cache_dir=tmp_path / "cache", progress=False)
+    assert out["image_emb"].shape == (4, clip.embed_dim) and not (tmp_path / "cache").exists()
