@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint notebooks demo lab clean
+.PHONY: install test lint notebooks demo lab book clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(STAMP) lint
 
 demo: $(STAMP)
 	MPLBACKEND=Agg $(BIN)/python -m dalle2_edu demo --out out/demo
+
+# The rendered course: executes notebooks in full mode and writes copies with outputs to docs/book/ (all of them:
+# about two hours on 2 cores; one: `make book NB=07`, several: `make book NB="07 13"`). tests/test_book.py checks them.
+book: $(STAMP)
+	$(BIN)/python scripts/book.py $(NB)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) notebooks/

@@ -22,9 +22,11 @@ from dalle2_edu.stages.upsampler import (
     interpolate_upsample,
     laplacian_energy,
     load_upsampler,
+    noise_augment,
     paired_random_crop,
     psnr,
     save_upsampler,
+    second_upsampler_config,
     upsample,
     upsampler_loss_fn,
 )
@@ -131,6 +133,51 @@ def test_blur_augment_p0_is_identity_p1_blurs_with_the_drawn_sigmas_and_is_seede
         blur_augment(x.to(torch.uint8))
 
 
+def test_noise_augment_adds_the_drawn_noise_to_the_drawn_pictures():
+    x = torch.rand(400, 3, 8, 8) * 2 - 1
+    assert torch.equal(noise_augment(x, (0.0, 0.1), 0.0), x)  # p = 0: a copy, nothing drawn
+    out = noise_augment(x, (0.05, 0.05), 1.0, torch.Generator().manual_seed(0))
+    assert abs((out - x).std().item() - 0.05) < 0.002  # every picture, sigma 0.05
+    half = noise_augment(x, (0.02, 0.06), 0.5, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    apply = torch.rand(400, generator=g) < 0.5
+    sigma = 0.02 + 0.04 * torch.rand(400, generator=g)
+    expected = x + (apply * sigma)[:, None, None, None] * torch.randn(x.shape, generator=g)
+    assert torch.allclose(half, expected, atol=1e-6)
+    assert torch.equal(half[~apply], x[~apply]) and 0.4 < apply.float().mean() < 0.6
+    with pytest.raises(ValueError, match="0 <= low <= high"):
+        noise_augment(x, (0.1, 0.0), 1.0)
+    with pytest.raises(ValueError, match="noise_std"):
+        tiny_config(noise_std=(0.0, 1.5))
+
+
+def test_the_second_upsampler_draws_128_from_64_and_its_recipe_trains():
+    """The cascade's last stage: the same network at image_size 128, crops of 128-pixel pictures, 64 → 128."""
+    from dalle2_edu.recipes.settings import RECIPES
+
+    config = second_upsampler_config()
+    assert (config.image_size, config.low_res_size, config.crop_size) == (128, 64, 32)
+    assert config.noise_prob > 0 and UpsamplerConfig().noise_prob == 0  # the first upsampler trains as it did
+    assert RECIPES["full"]["upsampler128"].model["unet"]["image_size"] == 128
+    small = perturbed(Upsampler(UpsamplerConfig.from_dict(RECIPES["tiny"]["upsampler128"].model))).eval()
+    gd = small.config.diffusion.build()
+    low = torch.rand(2, 3, 64, 64) * 2 - 1
+    out = upsample(small, gd, low, steps=3, seed=0)
+    assert out.shape == (2, 3, 128, 128) and out.abs().max() <= 1
+    assert torch.equal(out, upsample(small, gd, low, steps=3, seed=0))
+
+
+def test_the_second_upsampler_trains_from_its_recipe(tmp_path):
+    from dalle2_edu.recipes import Runner
+
+    Runner(out=tmp_path, recipe="tiny", device="cpu", progress=False).run("upsampler128")
+    model, gd = load_upsampler(tmp_path / "upsampler128.safetensors")
+    assert model.config.image_size == 128
+    report = json.loads((tmp_path / "upsampler128.json").read_text())
+    assert report["stage"] == "upsampler128" and report["grade"]["bicubic"]["psnr_db"] > 25  # on 128x128 pictures
+    assert report["config"]["unet"]["image_size"] == 128
+
+
 def test_downsample2x_agrees_with_the_catalogue_numpy_filter_and_its_32px_pictures():
     u8 = torch.randint(0, 256, (4, 3, 10, 12), dtype=torch.uint8)
     u8[0, 0, :2, :2] = torch.tensor([[0, 1], [0, 1]], dtype=torch.uint8)  # a sum of 2: the half rounds up to 1
@@ -196,7 +243,7 @@ def test_upsample_rejects_bad_inputs_with_the_fix(tiny):
     gd = tiny.config.diffusion.build()
     with pytest.raises(ValueError, match="0..255"):
         upsample(tiny, gd, torch.rand(1, 3, 8, 8) * 255)
-    with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
+    with pytest.raises(ValueError, match=r"\(B, 3, 8, 8\)"):  # the tiny upsampler's half size
         upsample(tiny, gd, torch.zeros(1, 1, 8, 8))
     with pytest.raises(ValueError, match="torch tensor"):
         upsample(tiny, gd, np.zeros((1, 3, 8, 8)))
@@ -209,7 +256,7 @@ def test_upsample_rejects_bad_inputs_with_the_fix(tiny):
     with pytest.raises(ValueError, match="steps"):
         upsample(tiny, gd, torch.zeros(1, 3, 8, 8), steps=0)
     with pytest.raises(ValueError, match="sampler"):
-        upsample(tiny, gd, torch.zeros(1, 3, 8, 8), sampler="euler")
+        upsample(tiny, gd, torch.zeros(1, 3, 8, 8), sampler="bogus")
 
 
 def test_config_rejects_bad_settings():

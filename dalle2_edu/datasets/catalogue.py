@@ -10,7 +10,11 @@ random generator ``np.random.default_rng([seed, split_id, i])``, so it is the sa
 order items are drawn in, and whether they were drawn in one go, in parallel chunks, or loaded from the cache.
 
 Pictures are drawn at 64x64 with signed distance functions on a coordinate grid (vectorised numpy, no per-pixel
-Python loops); 32x32 pictures are the 64x64 ones averaged over 2x2 blocks (a box filter).
+Python loops); 32x32 pictures are the 64x64 ones averaged over 2x2 blocks (a box filter). 128x128 pictures (for the
+second upsampler) draw the same item again at 128 with the same random numbers, then take their coarse part from
+the 64x64 drawing: 128 = draw₁₂₈ + nearest-upsampled(draw₆₄ - box(draw₁₂₈)), so that box-filtering a 128 picture
+gives its 64 picture back (to within one grey level, from rounding) and the upsamplers learn to invert exactly the
+filter that made their inputs. :func:`_draw` is resolution-free; only the fine detail differs.
 
 A few (category, colour) pairs, :data:`HELD_OUT_PAIRS`, never occur in the "train" and "test" splits; the
 "heldout" split holds only them, to measure compositional generalisation ("a green mug" when the model has seen
@@ -74,7 +78,7 @@ training (handbag, cap, orange and black in all their combinations), just not in
 
 SPLITS: dict[str, int] = {"train": 0, "test": 1, "heldout": 2}
 """Split name -> the number mixed into each item's seed. "test" has the same distribution as "train"."""
-RESOLUTIONS: tuple[int, ...] = (32, 64)
+RESOLUTIONS: tuple[int, ...] = (32, 64, 128)
 
 _HELD_OUT_IDX = {(CATEGORIES.index(c), COLOUR_NAMES.index(k)) for c, k in HELD_OUT_PAIRS}
 _PAIRS = {
@@ -465,15 +469,35 @@ def _names(cat: int, col: int, pat: int, bg: int) -> dict[str, str]:
     return dict(category=CATEGORIES[cat], colour=COLOUR_NAMES[col], pattern=PATTERNS[pat], background=BACKGROUNDS[bg])
 
 
-def _item(split: str, seed: int, i: int) -> tuple[np.ndarray, str, tuple[int, int, int, int]]:
-    """Item i of a split: (uint8 image (64, 64, 3), caption, (category, colour, pattern, background))."""
+def _item(split: str, seed: int, i: int, size: int = 64) -> tuple[np.ndarray, str, tuple[int, int, int, int]]:
+    """Item i of a split: (uint8 image (size, size, 3), caption, (category, colour, pattern, background)); ``size``
+    64, or 128 (see the module docstring: its 2x2 box filter gives the 64 picture back)."""
     rng = np.random.default_rng([seed, SPLITS[split], i])
     pairs = _PAIRS[split]
     cat, col = pairs[int(rng.integers(len(pairs)))]
     pat, bg = int(rng.integers(len(PATTERNS))), int(rng.integers(len(BACKGROUNDS)))
     caption = make_caption(_names(cat, col, pat, bg), rng)
+    state = rng.bit_generator.state  # the drawing's random numbers, replayed at 128
     image, _ = _draw(cat, col, pat, bg, rng, 64)
+    if size == 128:
+        rng.bit_generator.state = state
+        fine, _ = _draw(cat, col, pat, bg, rng, 128)  # (128, 128, 3)
+        image = _with_coarse(fine, image)
     return np.round(image).astype(np.uint8), caption, (cat, col, pat, bg)
+
+
+def _with_coarse(fine: np.ndarray, coarse: np.ndarray, passes: int = 4) -> np.ndarray:
+    """``fine`` (2H, 2W, 3) in 0..255, shifted block by block so that its 2x2 block means are ``coarse`` (H, W, 3):
+    each pass adds every block's missing mean to the pixels of the block that are not clipped at 0 or 255."""
+    h, w, c = coarse.shape
+    out = fine.astype(np.float32)
+    for _ in range(passes):
+        blocks = out.reshape(h, 2, w, 2, c)
+        missing = coarse - blocks.mean(axis=(1, 3))  # (H, W, 3)
+        free = ((blocks < 255) & (missing[:, None, :, None] > 0)) | ((blocks > 0) & (missing[:, None, :, None] < 0))
+        share = 4 * missing / np.maximum(free.sum(axis=(1, 3)), 1)  # spread over the pixels that can move
+        out = np.clip(blocks + free * share[:, None, :, None], 0, 255).reshape(2 * h, 2 * w, c)
+    return out
 
 
 def downsample(images: np.ndarray) -> np.ndarray:
@@ -500,7 +524,7 @@ def generate(
     :param seed: the dataset seed.
     :param start: first item index.
     :param stop: one past the last item index.
-    :param resolution: 32 or 64.
+    :param resolution: 32, 64 or 128.
     :param progress: show a progress bar.
     :return: images uint8 (stop-start, 3, resolution, resolution), captions (list of str), labels int64
         (stop-start, 4) with columns :data:`LABEL_COLUMNS`.
@@ -510,14 +534,15 @@ def generate(
     images = np.empty((count, 3, resolution, resolution), np.uint8)
     labels = np.empty((count, 4), np.int64)
     captions = []
-    block = np.empty((256, 64, 64, 3), np.uint8)  # drawn at 64, shrunk and stored 256 at a time
+    side = max(resolution, 64)  # drawn at 64 (or 128), shrunk to 32 and stored 256 at a time
+    block = np.empty((256, side, side, 3), np.uint8)
     with tqdm(total=count, desc=f"drawing {split} products", disable=not progress, unit="img") as bar:
         for first in range(0, count, len(block)):
             last = min(first + len(block), count)
             for j in range(first, last):
-                block[j - first], caption, labels[j] = _item(split, seed, start + j)
+                block[j - first], caption, labels[j] = _item(split, seed, start + j, side)
                 captions.append(caption)
-            drawn = block[: last - first] if resolution == 64 else downsample(block[: last - first])
+            drawn = block[: last - first] if resolution >= 64 else downsample(block[: last - first])
             images[first:last] = drawn.transpose(0, 3, 1, 2)
             bar.update(last - first)
     return images, captions, labels
@@ -533,7 +558,8 @@ class ProductCatalogue(Dataset):
     :param split: "train", "test" (same distribution as train, other items) or "heldout" (only
         :data:`HELD_OUT_PAIRS`).
     :param seed: non-negative int; item i is the same for every ``n`` (see the module docstring).
-    :param resolution: 32 or 64 (pixels per side); 32 is the 64 drawing averaged over 2x2 blocks.
+    :param resolution: 32, 64 or 128 (pixels per side); 32 is the 64 drawing averaged over 2x2 blocks, and 128
+        averaged over 2x2 blocks gives the 64 one (within one grey level).
     :param cache_dir: folder for a ``.npz`` cache, named by :data:`GENERATOR_VERSION`, split, seed, n and
         resolution; loaded when present, written (atomically) when not. ``"default"`` is ``data/cache`` of the
         project (:func:`dalle2_edu.utils.data_dir`), wherever you run from; ``None`` disables caching. A cache that

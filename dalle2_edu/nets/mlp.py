@@ -31,7 +31,7 @@ class MLPDenoiser(nn.Module):
     :param dim: data dimension (2 for the toys).
     :param hidden: width of the hidden layers.
     :param depth: number of residual blocks.
-    :param learned_sigma: also output v ∈ [-1, 1] for ``var_type="learned_range"`` (squashed by tanh here).
+    :param learned_sigma: also output r ∈ [-1, 1] for ``var_type="learned_range"`` (squashed by tanh here).
     :param num_freqs: sinusoidal input features per coordinate and per sin/cos (0 to feed x alone).
     """
 

@@ -1,9 +1,9 @@
 """What a recipe trains on: the project's own catalogue, or a user's folder of captioned pictures.
 
 Both give the same three things: captions, uint8 pictures at the resolution a stage asks for (32 for CLIP and the
-decoder, 64 for the upsampler; a folder is read once at 64 and box-filtered to 32, as the catalogue makes its 32×32
-pictures), and a fingerprint that every checkpoint records, so that a stage trained on other data is never silently
-reused.
+decoder, 64 for the upsampler, 128 for the second one; a folder is read once at 64 and box-filtered to 32, as the
+catalogue makes its 32×32 pictures, and read again at 128 only for the second upsampler), and a fingerprint that
+every checkpoint records, so that a stage trained on other data is never silently reused.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ class TrainingSet:
             raise ValueError(f"'{path}' holds {len(captions)} captioned picture(s); training needs at least 2 "
                              "(and a few hundred to learn anything)")  # fmt: skip
         def load(resolution: int) -> torch.Tensor:
+            if resolution == 2 * FOLDER_RESOLUTION:  # the second upsampler: read the pictures again, at 128
+                return ImageCaptionFolder(path, resolution=resolution, progress=progress).tensors(progress=progress)[0]
             if FOLDER_RESOLUTION % resolution:
                 raise ValueError(f"a folder is read at {FOLDER_RESOLUTION}x{FOLDER_RESOLUTION}; {resolution} does not "
                                  "divide it")  # fmt: skip

@@ -34,6 +34,7 @@ from dalle2_edu.recipes.data import TrainingSet
 from dalle2_edu.recipes.settings import (
     CATALOGUE_ONLY,
     EVALUATION,
+    OPTIONAL_STAGES,
     PIPELINE_STAGES,
     RECIPES,
     STAGE_FILES,
@@ -65,7 +66,7 @@ def resolve_stages(names: str | list[str], data_kind: str) -> list[str]:
         if bad:
             raise TrainingError(f"{', '.join(bad)} need(s) the catalogue's attribute labels, which a folder of "
                                 "captioned pictures does not have; train them without --data")  # fmt: skip
-    order = [*PIPELINE_STAGES, *CATALOGUE_ONLY, "evaluate"]
+    order = [*PIPELINE_STAGES, *OPTIONAL_STAGES, *CATALOGUE_ONLY, "evaluate"]
     return sorted(dict.fromkeys(names), key=order.index)
 
 
@@ -158,7 +159,8 @@ def _save(stage: str, model, path: Path, report: dict) -> None:
     from dalle2_edu.checkpoint import save_model
 
     config = model.config if isinstance(model.config, dict) else model.config.to_dict()
-    kind = {"attributes": "image_model", "classifier": "attribute_classifier"}.get(stage, stage)
+    kinds = {"attributes": "image_model", "classifier": "attribute_classifier", "upsampler128": "upsampler"}
+    kind = kinds.get(stage, stage)
     save_model(path, model, kind, {**report, "config": config}, config=config)
 
 

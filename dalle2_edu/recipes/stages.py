@@ -244,7 +244,7 @@ def train_upsampler(ctx: StageContext):
     from dalle2_edu.stages.upsampler import UpsamplerConfig, train_upsampler
 
     s = ctx.settings
-    config = UpsamplerConfig.from_dict(_merge(UpsamplerConfig().to_dict(), s.model))
+    config = UpsamplerConfig.from_dict(_merge(UpsamplerConfig().to_dict(), s.model))  # s.model: 64 → 128 too
     images = ctx.data.images(config.image_size)
     trainer, _ = train_upsampler(config, steps=s.steps, batch_size=min(s.batch_size, len(ctx.data)), lr=s.lr,
                                  seed=ctx.seed, out_dir=ctx.run_dir, progress=ctx.progress, images=images,
@@ -253,8 +253,8 @@ def train_upsampler(ctx: StageContext):
 
 
 def grade_upsampler(ctx: StageContext, model, n: int = 32) -> dict:
-    """PSNR against the real 64×64 pictures, beside bilinear and bicubic (the catalogue's test split, or the
-    folder's own pictures, which it trained on: read those as a sanity check, not a test score)."""
+    """PSNR against the real pictures (64×64, or 128×128), beside bilinear and bicubic (the catalogue's test split,
+    or the folder's own pictures, which it trained on: read those as a sanity check, not a test score)."""
     from dalle2_edu.stages.upsampler import evaluate_upsampler
 
     gd = model.config.diffusion.build()
@@ -304,6 +304,7 @@ STAGES = {
     "prior": (train_prior, grade_prior),
     "decoder": (train_decoder, grade_decoder),
     "upsampler": (train_upsampler, grade_upsampler),
+    "upsampler128": (train_upsampler, grade_upsampler),  # the same code: the recipe's model sets image_size 128
     "attributes": (train_attributes, no_grade),
     "classifier": (train_classifier, grade_classifier),
 }

@@ -61,8 +61,9 @@ EVAL_SET = dict(split="test", seed=1)
 """The real 64×64 pictures the upsampler is measured on (never seen in training: another split and seed)."""
 
 
-def default_unet() -> dict:
-    """About 1.1M parameters, levels at 64, 32 and 16 px (for a 64×64 input), one ResBlock per level, no attention."""
+def default_unet(image_size: int = 64) -> dict:
+    """About 1.1M parameters, three levels (64, 32 and 16 px for a 64×64 input), one ResBlock per level, no
+    attention. Convolutional, so the same network draws 128×128 pictures from 64×64 ones with ``image_size=128``."""
     return UNetConfig(
         model_channels=32,
         channel_mult=(1, 2, 2),
@@ -70,8 +71,20 @@ def default_unet() -> dict:
         attention_resolutions=(),
         num_heads=4,
         low_res_channels=3,
-        image_size=64,
+        image_size=image_size,
     ).to_dict()
+
+
+def second_upsampler_config(**changes) -> UpsamplerConfig:
+    """The cascade's last stage, 64 → 128: the first upsampler's network and v-prediction at ``image_size=128``,
+    trained on 32×32 crops of 128×128 pictures (the same cost per step as the first), with one change to what it
+    is given in training: the 64×64 conditioning is blurred a little less often (p = 0.3: at 64 px the first
+    upsampler's outputs are nearly as sharp as real ones) and gets Gaussian noise (σ ~ U(0, 0.04), p = 0.5) — the
+    first upsampler leaves faint grain, unlike a box-filtered real picture, and an upsampler trained only on clean
+    inputs would enlarge that grain into texture. DALL·E 2's second upsampler used a harsher mix (BSR degradation)
+    for the same reason."""
+    base = dict(unet=default_unet(128), blur_prob=0.3, noise_std=(0.0, 0.04), noise_prob=0.5)
+    return UpsamplerConfig.from_dict({**base, **changes})
 
 
 @dataclass
@@ -88,6 +101,9 @@ class UpsamplerConfig:
     :param blur_prob: probability that a training example's conditioning picture is blurred.
     :param crop_size: train on random crops of this side (pixels of the high-resolution picture); None trains on
         whole pictures. Must be a multiple of ``2 ** (len(channel_mult) - 1)``.
+    :param noise_std: (low, high): Gaussian noise of standard deviation σ ~ U(low, high) (on the [-1, 1] scale) is
+        added to the conditioning picture with probability ``noise_prob`` (after the blur).
+    :param noise_prob: probability of that noise; 0 (the first upsampler's setting) draws no random numbers for it.
     """
 
     unet: dict = field(default_factory=default_unet)
@@ -96,12 +112,18 @@ class UpsamplerConfig:
     blur_sigma: tuple[float, float] = (0.4, 0.6)
     blur_prob: float = 0.5
     crop_size: int | None = 32
+    noise_std: tuple[float, float] = (0.0, 0.0)
+    noise_prob: float = 0.0
 
     def __post_init__(self):
         coerce_diffusion(self)
         self.blur_sigma = tuple(float(s) for s in self.blur_sigma)
         _check_sigma_range(self.blur_sigma)
         _check_probability(self.blur_prob)
+        self.noise_std = tuple(float(s) for s in self.noise_std)
+        if len(self.noise_std) != 2 or not 0.0 <= self.noise_std[0] <= self.noise_std[1] < 1.0:
+            raise ValueError(f"noise_std must be a pair 0 <= low <= high < 1, got {self.noise_std!r}")
+        _check_probability(self.noise_prob)
         unet = self.unet_config()  # validates the UNet dict
         if unet.low_res_channels != 3 or unet.in_channels != 3 or unet.out_channels != 3:
             raise ValueError(
@@ -123,17 +145,18 @@ class UpsamplerConfig:
 
     @property
     def image_size(self) -> int:
-        """Side of the pictures the upsampler draws (64)."""
+        """Side of the pictures the upsampler draws (64, or 128 for the second upsampler)."""
         return int(self.unet["image_size"])
 
     @property
     def low_res_size(self) -> int:
-        """Side of the conditioning pictures (32): half of :attr:`image_size`."""
+        """Side of the conditioning pictures (32, or 64): half of :attr:`image_size`."""
         return self.image_size // 2
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["blur_sigma"] = list(self.blur_sigma)
+        d["noise_std"] = list(self.noise_std)
         return d
 
     @classmethod
@@ -268,6 +291,33 @@ def blur_augment(
     return torch.where(apply.to(low_res.device)[:, None, None, None], blurred, low_res)
 
 
+def noise_augment(
+    low_res: torch.Tensor,
+    std_range: tuple[float, float],
+    p: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Add Gaussian noise of standard deviation σ ~ U(std_range) to each picture with probability p (on the [-1, 1]
+    scale), to imitate the grain a diffusion upsampler leaves in its outputs. Draws B coin flips, B widths and the
+    noise (on the CPU), whatever p is, except that p = 0 returns a copy and draws nothing.
+
+    :return: (B, C, h, w), a new tensor (not clamped: the network sees what it will see at sampling time).
+    """
+    if not torch.is_tensor(low_res) or low_res.ndim != 4 or not low_res.is_floating_point():
+        raise ValueError(f"low_res must be a float tensor of shape (B, C, h, w), got {describe(low_res)}")
+    _check_probability(p)
+    lo, hi = (float(s) for s in std_range)
+    if not 0.0 <= lo <= hi:
+        raise ValueError(f"std_range must satisfy 0 <= low <= high, got ({lo}, {hi})")
+    if p == 0:
+        return low_res.clone()
+    B = low_res.shape[0]
+    apply = (torch.rand(B, generator=generator) < p).float()  # (B,)
+    sigma = lo + (hi - lo) * torch.rand(B, generator=generator)  # (B,)
+    noise = torch.randn(low_res.shape, generator=generator)
+    return low_res + (apply * sigma).to(low_res)[:, None, None, None] * noise.to(low_res)
+
+
 def paired_random_crop(
     x: torch.Tensor, cond: torch.Tensor, size: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,20 +346,23 @@ to_float_images = to_float  # the name earlier code used; the convention lives i
 
 
 def upsampler_loss_fn(gd: GaussianDiffusion, config: UpsamplerConfig):
-    """The Trainer's ``loss_fn`` for batches of high-resolution pictures (B, 3, 64, 64), uint8 or float in [-1, 1]
-    (a tuple or a dict with key ``image`` works too).
+    """The Trainer's ``loss_fn`` for batches of high-resolution pictures (B, 3, S, S) (S = 64, or 128), uint8 or
+    float in [-1, 1] (a tuple or a dict with key ``image`` works too).
 
-    Per batch: low_res = box-filter halving (:func:`downsample2x`) → :func:`blur_augment` → bilinear resize back to
-    64×64 → the same random crop of picture and conditioning (``config.crop_size``) → the diffusion loss at uniform t.
+    Per batch: low_res = box-filter halving (:func:`downsample2x`) → :func:`blur_augment` → :func:`noise_augment`
+    (when ``config.noise_prob`` > 0) → bilinear resize back to S×S → the same random crop of picture and
+    conditioning (``config.crop_size``) → the diffusion loss at uniform t.
     Random numbers come from torch's global generator, which the Trainer seeds and checkpoints.
     """
 
     def prepare(batch):
         images = batch["image"] if isinstance(batch, dict) else batch[0] if isinstance(batch, tuple | list) else batch
-        x0 = to_float(images)  # (B, 3, 64, 64)
-        low = to_float(downsample2x(images))  # (B, 3, 32, 32), rounded like the catalogue's when uint8
+        x0 = to_float(images)  # (B, 3, S, S)
+        low = to_float(downsample2x(images))  # (B, 3, S/2, S/2), rounded like the catalogue's when uint8
         low = blur_augment(low, config.blur_sigma, config.blur_prob)
-        cond = F.interpolate(low, size=x0.shape[-2:], mode="bilinear", align_corners=False)  # (B, 3, 64, 64)
+        if config.noise_prob > 0:
+            low = noise_augment(low, config.noise_std, config.noise_prob)
+        cond = F.interpolate(low, size=x0.shape[-2:], mode="bilinear", align_corners=False)  # (B, 3, S, S)
         if config.crop_size is not None and config.crop_size < min(x0.shape[-2:]):
             x0, cond = paired_random_crop(x0, cond, config.crop_size)  # (B, 3, crop, crop) each
         return x0, {"low_res": cond}
@@ -329,14 +382,15 @@ def train_upsampler(
     images: torch.Tensor | None = None,
     **trainer_kwargs,
 ):
-    """Train an :class:`Upsampler` on the catalogue's training split at 64×64 with the project's Trainer.
+    """Train an :class:`Upsampler` on the catalogue's training split at its ``image_size`` (64, or 128 for
+    :func:`second_upsampler_config`) with the project's Trainer.
 
     :param steps: optimizer updates.
     :param batch_size: pictures (crops) per update.
     :param lr: peak AdamW learning rate (200 warm-up steps, then constant).
-    :param n_train: training pictures, drawn at 64×64 (the 32×32 ones are made from them).
+    :param n_train: training pictures, drawn at ``config.image_size`` (the half-size ones are made from them).
     :param out_dir: checkpoint here (resumable: running again continues); None keeps nothing.
-    :param images: (N, 3, 64, 64) uint8 pictures to train on instead of the catalogue (e.g. a user's folder).
+    :param images: (N, 3, S, S) uint8 pictures to train on instead of the catalogue (e.g. a user's folder).
     :param trainer_kwargs: more :class:`~dalle2_edu.train.Trainer` arguments (they win over the defaults above).
     :return: ``(trainer, diffusion)``; upsample with ``trainer.ema_model`` and :func:`upsample`.
     """
@@ -367,13 +421,14 @@ def train_upsampler(
 # sampling
 
 
-def check_low_res(low_res) -> torch.Tensor:
+def check_low_res(low_res, size: int = 32) -> torch.Tensor:
     """Validate a conditioning batch and bring it to float [-1, 1] (:func:`dalle2_edu.images.check_images`).
 
     :param low_res: (B, 3, h, w) uint8 in 0..255, or float in [-1, 1]; a single (3, h, w) picture is made a batch.
+    :param size: the side the upsampler expects (32, or 64 for the second one), named in the error message.
     :return: (B, 3, h, w) float32.
     """
-    return check_images(low_res, name="low_res", allow_single=True, shape="(B, 3, 32, 32)")
+    return check_images(low_res, name="low_res", allow_single=True, shape=f"(B, 3, {size}, {size})")
 
 
 @torch.no_grad()
@@ -389,14 +444,17 @@ def upsample(
 ) -> torch.Tensor:
     """Draw one high-resolution picture for each low-resolution one.
 
-    :param low_res: (B, 3, 32, 32) uint8 or float in [-1, 1]. The network is convolutional, so other sizes whose
-        double is a multiple of the UNet's ``size_multiple`` run too (it was trained on 32×32 pictures).
+    :param low_res: (B, 3, h, w) uint8 or float in [-1, 1]: 32×32 for the first upsampler, 64×64 for the second.
+        The network is convolutional, so other sizes whose double is a multiple of the UNet's ``size_multiple`` run
+        too (but it learned the detail of its own scale).
     :param steps: steps of the respaced process (``gd.num_timesteps`` for the full chain).
-    :param sampler: ``"ddim"`` (η = ``eta``; 0 is deterministic given the starting noise) or ``"ddpm"``.
+    :param sampler: ``"ddim"`` (η = ``eta``), ``"ddpm"`` (ancestral, with the model's variance), or an ODE solver,
+        ``"dpmpp2m"``, ``"euler"``, ``"heun"``, for which ``steps`` counts network calls on the full process (see
+        :data:`~dalle2_edu.diffusion.sampling.SAMPLERS`).
     :param seed: fixes the starting noise and every step's noise.
     :return: (B, 3, 2h, 2w) float in [-1, 1], on the model's device.
     """
-    low = check_low_res(low_res)
+    low = check_low_res(low_res, model.config.low_res_size)
     B, _, h, w = low.shape
     m = model.unet.config.size_multiple
     if (2 * h) % m or (2 * w) % m:
@@ -460,37 +518,43 @@ def evaluate_upsampler(
     batch_size: int = 64,
     progress: bool = False,
     real: torch.Tensor | None = None,
+    sampler: str = "ddim",
 ) -> dict:
-    """Upsample the test split's 32×32 pictures and compare with the real 64×64 ones, beside bilinear and bicubic.
+    """Upsample the test split's half-size pictures (32×32, or 64×64 for the second upsampler) and compare with the
+    real ones at the model's ``image_size``, beside bilinear and bicubic.
 
-    :param n: test pictures (the catalogue's "test" split, seed 1, drawn at 64×64; 32×32 by :func:`downsample2x`),
-        whatever size the model was trained at (it is convolutional).
-    :param steps: DDIM steps (η = 0).
-    :param real: (N, 3, 64, 64) uint8 pictures to measure on instead of the catalogue's test split.
-    :param input_blur: blur the 32×32 inputs with this σ first (0: none), to imitate a decoder's softer outputs.
-    :return: dict of floats: ``psnr_db`` (mean per-picture PSNR vs the real 64×64, and its standard error, for
+    :param n: test pictures (the catalogue's "test" split, seed 1, drawn at the model's size; the half-size ones by
+        :func:`downsample2x`).
+    :param steps: DDIM steps (η = 0), or network calls for the ODE samplers.
+    :param sampler: one of :data:`~dalle2_edu.diffusion.sampling.SAMPLERS` (deterministic ones: ddim, dpmpp2m,
+        euler, heun).
+    :param real: (N, 3, S, S) uint8 pictures to measure on instead of the catalogue's test split.
+    :param input_blur: blur the half-size inputs with this σ first (0: none), to imitate a decoder's softer outputs.
+    :return: dict of floats: ``psnr_db`` (mean per-picture PSNR vs the real pictures, and its standard error, for
         ``diffusion``, ``bilinear``, ``bicubic``), ``sharpness_ratio`` (mean :func:`laplacian_energy` over the real
-        pictures'), ``consistency_psnr_db`` (PSNR of the upsampled picture box-filtered back to 32×32 against its
-        input: does it keep what it was given?), and the settings.
+        pictures'), ``consistency_psnr_db`` (PSNR of the upsampled picture box-filtered back to half size against
+        its input: does it keep what it was given?), and the settings.
     """
     from dalle2_edu.datasets.catalogue import ProductCatalogue
 
     if real is None:
-        real_u8 = ProductCatalogue(n, resolution=64, progress=progress, **EVAL_SET).images
+        size = model.config.image_size if model.config.image_size in (64, 128) else 64  # the catalogue's sizes
+        real_u8 = ProductCatalogue(n, resolution=size, progress=progress, **EVAL_SET).images
     else:
         real_u8, n = real[:n], min(n, len(real))
-    real, low = to_float_images(real_u8), to_float_images(downsample2x(real_u8))  # (n, 3, 64, 64), (n, 3, 32, 32)
+    real, low = to_float_images(real_u8), to_float_images(downsample2x(real_u8))  # (n, 3, S, S), (n, 3, S/2, S/2)
     if input_blur > 0:
         low = gaussian_blur(low, input_blur)
     outs = {"diffusion": [], "bilinear": [], "bicubic": []}
     for i in range(0, n, batch_size):
         chunk = low[i : i + batch_size]
-        outs["diffusion"].append(upsample(model, gd, chunk, steps=steps, seed=seed + i, progress=progress).cpu())
+        outs["diffusion"].append(upsample(model, gd, chunk, steps=steps, seed=seed + i, progress=progress,
+                                          sampler=sampler).cpu())  # fmt: skip
         outs["bilinear"].append(interpolate_upsample(chunk, "bilinear"))
         outs["bicubic"].append(interpolate_upsample(chunk, "bicubic"))
     outs = {k: torch.cat(v) for k, v in outs.items()}
     real_energy = laplacian_energy(real).mean().item()
-    report = {"n": n, "steps": steps, "sampler": "ddim", "eta": 0.0, "input_blur": input_blur, "seed": seed}
+    report = {"n": n, "steps": steps, "sampler": sampler, "eta": 0.0, "input_blur": input_blur, "seed": seed}
     for name, x in outs.items():
         p = psnr(x, real)
         report[name] = {
@@ -506,11 +570,14 @@ def evaluate_upsampler(
 # saving and loading
 
 
-def default_upsampler_path() -> Path:
-    """``data/checkpoints/upsampler64.safetensors`` under :func:`dalle2_edu.utils.data_dir`."""
+def default_upsampler_path(size: int = 64) -> Path:
+    """``data/checkpoints/upsampler64.safetensors`` (``size=128``: ``upsampler128``) under
+    :func:`dalle2_edu.utils.data_dir`."""
     from dalle2_edu.utils import data_dir
 
-    return data_dir() / "checkpoints" / "upsampler64.safetensors"
+    if size not in (64, 128):
+        raise ValueError(f"the shipped upsamplers draw 64 or 128 pixels, got size={size!r}")
+    return data_dir() / "checkpoints" / f"upsampler{size}.safetensors"
 
 
 def save_upsampler(model: Upsampler, path=None, metrics: dict | None = None, half: bool = True) -> Path:
