@@ -33,6 +33,8 @@ GRID_MAX_PICTURES = 256
 """``generate`` writes a grid of all pictures up to this many; beyond it, only the single pictures."""
 GRID_MAX_SIDE = 16384
 """The largest grid side in pixels ``generate`` writes (PNG encoders and viewers choke beyond)."""
+ANIMATION_OUT = "out/animate/animation.gif"
+"""``animate``'s default ``--out`` (its folder is created; one the user names must exist)."""
 
 
 def _command_line(argv: list[str] | None) -> str:
@@ -100,6 +102,11 @@ def _generate(args) -> dict:
     from dalle2_edu.validate import check_count, check_guidance_scale, check_prompts, check_seed
     from dalle2_edu.viz import image_grid
 
+    if args.from_file is not None:
+        return _generate_from(args)
+    if not args.prompts:
+        raise ValueError("generate needs one or more prompts, e.g. \"a red striped mug on a wooden table\", or "
+                         "--from FILE to redraw a picture saved by dalle2_edu")  # fmt: skip
     # every argument is checked before the models load or a picture is drawn
     prompts = check_prompts(args.prompts)
     n = check_count("--n", args.n)
@@ -112,8 +119,10 @@ def _generate(args) -> dict:
         raise ValueError(f"--scale must be between 1 and 16 (it enlarges the saved grid), got {scale}")
     folder = _check_out_dir(args.out)
     _set_threads()
+    if args.no_upsample and args.size not in (None, 32):
+        raise ValueError(f"--no-upsample stops at 32x32, but --size {args.size} was asked for; pass one of them")
     pipe = UnCLIP.from_pretrained(args.checkpoints, device=args.device)
-    size = pipe.image_size if not args.no_upsample else pipe.decoder[0].unet.config.image_size
+    size = pipe.check_size(args.size, not args.no_upsample)  # 128 without the second upsampler: a clear error
     total = len(prompts) * n
     side = (size + 2) * max(n, 1) * scale
     write_grid = total <= GRID_MAX_PICTURES and side <= GRID_MAX_SIDE
@@ -122,12 +131,10 @@ def _generate(args) -> dict:
     start = time.perf_counter()
     kept = []
     chunks = pipe.generate_batches(prompts, n=n, guidance_scale=guidance, steps=steps, seed=seed,
-                                   use_prior=not args.no_prior, upsample=not args.no_upsample, progress=True,
-                                   batch_size=batch)  # fmt: skip
+                                   use_prior=not args.no_prior, upsample=size > pipe.sizes[0], progress=True,
+                                   batch_size=batch, sampler=args.sampler, size=size)  # fmt: skip
     for chunk in chunks:
-        for j, (image, prompt) in enumerate(zip(chunk.images, chunk.prompts)):
-            i = chunk.start + j
-            image.save(folder / f"{i // n:02d}_{i % n:0{len(str(n - 1))}d}_{_slug(prompt)}.png")
+        chunk.save(folder)  # each picture with its metadata (dalle2_edu.provenance): `info FILE`, `generate --from`
         if write_grid:
             kept.append(chunk.tensors.cpu())
     seconds = time.perf_counter() - start
@@ -143,6 +150,112 @@ def _generate(args) -> dict:
         print(f"{total} pictures in {seconds:.1f} s; grid (one row per prompt): {folder / 'grid.png'}")
     else:
         print(f"{total} pictures in {seconds:.1f} s, in {folder}")
+    return report
+
+
+def _generate_from(args) -> dict:
+    """``generate --from FILE``: draw a saved picture again from its metadata, with the checkpoints it names."""
+    from dalle2_edu.pipeline import UnCLIP
+    from dalle2_edu.provenance import (
+        check_checkpoints,
+        compare_pictures,
+        picture_name,
+        read_metadata,
+        redraw,
+        save_picture,
+    )
+
+    if args.prompts:
+        raise ValueError(f"pass prompts or --from FILE, not both: --from takes the prompt and every setting from "
+                         f"'{args.from_file}' (only --out, --checkpoints and --device apply)")  # fmt: skip
+    source = Path(args.from_file)
+    meta = read_metadata(source)
+    folder = _check_out_dir(args.out)
+    _set_threads()
+    wants_upsampler = (meta.get("checkpoints") or {}).get("upsampler") is not None
+    pipe = UnCLIP.from_pretrained(args.checkpoints, device=args.device, upsampler=wants_upsampler)
+    check_checkpoints(pipe, meta, f"--checkpoints '{args.checkpoints}'")
+    start = time.perf_counter()
+    out = redraw(pipe, meta, progress=True)
+    path = folder / picture_name(out.start, out.nrow or 1, out.prompts[0])
+    if path.resolve() == source.resolve():  # never overwrite the picture being redrawn
+        path = path.with_name(f"{path.stem}_redrawn.png")
+    save_picture(out.images[0], path, out.metadata(0))
+    seconds = time.perf_counter() - start
+    same = compare_pictures(source, path)
+    if same["identical"]:
+        verdict = f"identical to '{source}', pixel for pixel"
+    else:
+        verdict = (f"differs from '{source}' in {same['changed']} of {same['values']} values (largest by "
+                   f"{same['max_abs']} of 255): drawn with torch {meta.get('torch')} on {meta.get('device')}, redrawn "
+                   f"with torch {out.settings.get('torch')} on {out.settings.get('device')}")  # fmt: skip
+    print(f"redrew picture {meta.get('index')} of a {meta.get('operation')} call (seed {meta.get('seed')}, "
+          f"{meta.get('prompt')!r}) in {seconds:.1f} s: {path}\n{verdict}")  # fmt: skip
+    return {"seconds": seconds, "path": str(path), **same}
+
+
+def _info(args) -> dict:
+    """``info FILE``: print what a saved picture was drawn from."""
+    from dalle2_edu.provenance import describe, read_metadata
+
+    meta = read_metadata(args.file)
+    print(json.dumps(meta, indent=1, ensure_ascii=False) if args.json else describe(meta))
+    return meta
+
+
+def _animate(args) -> dict:
+    """``animate``: frames between two prompts or pictures, or a colour sweep, written as GIF and WebP."""
+    from dalle2_edu.animation import animation_paths, animation_report, save_animation
+    from dalle2_edu.pipeline import UnCLIP
+    from dalle2_edu.validate import check_count, check_guidance_scale, check_int, check_seed
+
+    # every argument is checked before the models load
+    frames = check_int("--frames", args.frames, low=2, hint="(the two ends and the frames between them)")
+    check_int("--duration", args.duration, low=20, hint="(milliseconds per frame)")
+    check_int("--scale", args.scale, low=1, high=16)
+    check_count("--steps", args.steps)
+    check_guidance_scale(args.guidance_scale, "--guidance-scale")
+    check_seed(args.seed, "--seed")
+    if args.out == ANIMATION_OUT:  # the default folder is made; a folder you name must exist (a typo stays visible)
+        Path(ANIMATION_OUT).parent.mkdir(parents=True, exist_ok=True)
+    gif = animation_paths(args.out)[0]
+    inputs = list(args.inputs)
+    pictures = [Path(x).suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp") for x in inputs]
+    if args.colours is not None:
+        if len(inputs) != 1 or pictures[0]:
+            raise ValueError("--colours sweeps one prompt through colours: pass one prompt, e.g. "
+                             "\"a {colour} striped mug on a wooden table\" --colours all")  # fmt: skip
+        colours = "all" if args.colours == "all" else [c.strip() for c in args.colours.split(",") if c.strip()]
+        start, end = inputs[0], None
+    elif len(inputs) != 2:
+        raise ValueError(f"animate takes two prompts or two pictures (or one prompt and --colours), got {len(inputs)}")
+    else:
+        colours = None
+        start, end = inputs
+        if all(pictures):
+            from PIL import Image
+
+            for x in inputs:
+                if not Path(x).is_file():
+                    raise FileNotFoundError(f"no picture '{x}'; pass two picture files or two prompts")
+            start, end = (Image.open(x).convert("RGB") for x in inputs)
+        elif any(pictures):
+            raise ValueError("animate takes two prompts or two pictures, not one of each; got "
+                             f"{inputs[0]!r} and {inputs[1]!r}")  # fmt: skip
+    _set_threads()
+    pipe = UnCLIP.from_pretrained(args.checkpoints, device=args.device)
+    started = time.perf_counter()
+    out = pipe.animate(start, end, colours=colours, frames=frames, loop=args.loop, guidance_scale=args.guidance_scale,
+                       steps=args.steps, seed=args.seed, use_prior=not args.no_prior, progress=True)  # fmt: skip
+    seconds = time.perf_counter() - started
+    comment = {k: v for k, v in out.settings.items() if k not in ("checkpoints",)}
+    paths = save_animation(out.tensors, gif, duration=args.duration, scale=args.scale, comment=comment)
+    report = {"seconds": round(seconds, 1), "files": [str(p) for p in paths]}
+    if args.measure:
+        report.update(animation_report(out))
+        print(f"frame-to-frame change {report['frame_change_mean']:.2f} (max {report['frame_change_max']:.2f}) of "
+              f"255; category held in {report['category_hold']} of frames")  # fmt: skip
+    print(f"{frames} frames in {seconds:.1f} s: {', '.join(report['files'])}")
     return report
 
 
@@ -169,7 +282,8 @@ def _demo(args) -> dict:
     _set_threads()
     start = time.perf_counter()
     pipe = UnCLIP.from_pretrained(args.checkpoints, device=args.device)
-    out = pipe.generate(list(DEMO_PROMPTS), n=4, steps=args.steps, seed=args.seed, progress=True)
+    out = pipe.generate(list(DEMO_PROMPTS), n=4, steps=args.steps, seed=args.seed, progress=True,
+                        sampler=args.sampler)  # fmt: skip
     seconds = time.perf_counter() - start
     out.grid(nrow=4, scale=3).save(folder / "grid.png")
     images = out.tensors.cpu()
@@ -233,7 +347,7 @@ def _evaluate(args) -> dict:
             from dalle2_edu.stages.upsampler import evaluate_upsampler, load_upsampler
 
             model, gd = load_upsampler(path)
-            report = evaluate_upsampler(model, gd, n=args.n, seed=args.seed, progress=True)
+            report = evaluate_upsampler(model, gd, n=args.n, seed=args.seed, progress=True, sampler=args.sampler)
         elif args.stage == "classifier":
             from dalle2_edu.metrics import grade_classifier, load_attribute_classifier
 
@@ -245,14 +359,18 @@ def _evaluate(args) -> dict:
             pipe = UnCLIP.from_pretrained(folder, upsampler=False, device=args.device)
             report = evaluate_pipeline(pipe, n=args.n, seed=args.seed, upsample=False, steps=args.steps,
                                        use_prior=args.stage != "decoder" or not args.no_prior,
-                                       progress=True)  # fmt: skip
+                                       progress=True, sampler=args.sampler)  # fmt: skip
     print(json.dumps(report, indent=1))
     return report
 
 
 # ------------------------------------------------------------------------------------------------------------ main
 def _parser() -> argparse.ArgumentParser:
+    from dalle2_edu.diffusion.sampling import SAMPLERS
     from dalle2_edu.recipes.settings import RECIPES, STAGE_FILES
+
+    steps_help = "decoder steps (DDIM's; network calls for dpmpp2m, euler, heun)"
+    sampler_help = "ddim (default), ddpm, or a fast ODE solver: dpmpp2m (DPM-Solver++), euler, heun"
 
     parser = argparse.ArgumentParser(prog="python -m dalle2_edu", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -275,23 +393,52 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="text -> 4 pictures for a handful of prompts with the shipped checkpoints")
     demo.add_argument("--out", default="out/demo", help="folder for grid.png and report.json")
     demo.add_argument("--checkpoints", default="data/checkpoints")
-    demo.add_argument("--steps", type=int, default=25, help="decoder DDIM steps")
+    demo.add_argument("--steps", type=int, default=25, help=steps_help)
+    demo.add_argument("--sampler", default="ddim", choices=SAMPLERS, help=sampler_help)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
 
     gen = sub.add_parser("generate", help="text -> pictures with a trained unCLIP pipeline")
-    gen.add_argument("prompts", nargs="+", help='one or more prompts, e.g. "a red striped mug on a wooden table"')
+    gen.add_argument("prompts", nargs="*", help='one or more prompts, e.g. "a red striped mug on a wooden table"')
+    gen.add_argument("--from", dest="from_file", default=None, metavar="FILE",
+                     help="redraw a picture saved by dalle2_edu from its metadata (its prompt and settings; "
+                          "only --out, --checkpoints and --device apply)")  # fmt: skip
     gen.add_argument("--n", type=int, default=4, help="pictures per prompt")
     gen.add_argument("--out", default="out/generate", help="folder for grid.png and the single pictures")
     gen.add_argument("--checkpoints", default="data/checkpoints", help="folder with the trained stages")
     gen.add_argument("--guidance-scale", type=float, default=3.0)
-    gen.add_argument("--steps", type=int, default=25, help="decoder DDIM steps")
+    gen.add_argument("--steps", type=int, default=25, help=steps_help)
+    gen.add_argument("--sampler", default="ddim", choices=SAMPLERS, help=sampler_help)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=64, help="pictures drawn at once (memory grows with it)")
     gen.add_argument("--no-prior", action="store_true", help="feed the text embedding to the decoder directly")
-    gen.add_argument("--no-upsample", action="store_true", help="stop at 32x32")
+    gen.add_argument("--no-upsample", action="store_true", help="stop at 32x32 (the same as --size 32)")
+    gen.add_argument("--size", type=int, default=None, choices=[32, 64, 128],
+                     help="where the cascade stops: 32 (decoder), 64 (first upsampler, the default) or 128 "
+                          "(second upsampler)")  # fmt: skip
     gen.add_argument("--scale", type=int, default=4, help="enlarge the saved grid by this factor (1-16)")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+
+    info = sub.add_parser("info", help="what a picture saved by dalle2_edu was drawn from (its PNG metadata)")
+    info.add_argument("file", help="a .png written by generate, Generation.save or the playground's Save")
+    info.add_argument("--json", action="store_true", help="print the metadata as JSON")
+
+    anim = sub.add_parser("animate", help="frames between two prompts or two pictures, or through colours -> GIF, WebP")
+    anim.add_argument("inputs", nargs="+", help='two prompts, two picture files, or one prompt with --colours, e.g. '
+                      '"a {colour} striped mug on a wooden table"')  # fmt: skip
+    anim.add_argument("--colours", default=None, help="sweep the prompt's colour: all, or a list like red,blue,green")
+    anim.add_argument("--frames", type=int, default=24, help="frames in the animation (>= 2)")
+    anim.add_argument("--duration", type=int, default=80, help="milliseconds per frame")
+    anim.add_argument("--loop", action="store_true", help="return to the start (prompts and colours)")
+    anim.add_argument("--out", default=ANIMATION_OUT, help="the GIF; the WebP goes beside it (in a folder that exists)")
+    anim.add_argument("--scale", type=int, default=4, help="enlarge the frames by this factor (1-16)")
+    anim.add_argument("--checkpoints", default="data/checkpoints", help="folder with the trained stages")
+    anim.add_argument("--guidance-scale", type=float, default=3.0)
+    anim.add_argument("--steps", type=int, default=25, help="decoder DDIM steps")
+    anim.add_argument("--seed", type=int, default=0)
+    anim.add_argument("--no-prior", action="store_true", help="feed the text embeddings to the decoder directly")
+    anim.add_argument("--measure", action="store_true", help="print frame-to-frame change and the category read")
+    anim.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
 
     def add_train_args(p):
         p.add_argument("--recipe", default="fast", choices=list(RECIPES),
@@ -325,7 +472,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("stage", choices=["clip", "prior", "decoder", "upsampler", "classifier", "pipeline"])
     ev.add_argument("--checkpoints", default="data/checkpoints", help="folder with the trained stages")
     ev.add_argument("--n", type=int, default=2, help="pictures per prompt (upsampler: test pictures)")
-    ev.add_argument("--steps", type=int, default=25, help="decoder DDIM steps")
+    ev.add_argument("--steps", type=int, default=25, help=steps_help)
+    ev.add_argument("--sampler", default="ddim", choices=SAMPLERS, help=sampler_help + " (decoder and upsampler)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--no-prior", action="store_true", help="decoder: feed text embeddings (the ablation)")
     ev.add_argument("--device", default="auto")
@@ -340,6 +488,10 @@ def _run(args, argv: list[str] | None) -> dict:
         return _demo(args)
     if args.command == "generate":
         return _generate(args)
+    if args.command == "info":
+        return _info(args)
+    if args.command == "animate":
+        return _animate(args)
     if args.command == "train":
         return _train(args, args.stages, args.steps, command)
     if args.command == "pretrain":

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dalle2_edu.provenance import call_record
 from dalle2_edu.validate import (
     check_amounts,
     check_count,
@@ -39,8 +40,15 @@ CHECKPOINT_FILES = {
     "prior": "prior.safetensors",
     "decoder": "decoder32.safetensors",
     "upsampler": "upsampler64.safetensors",
+    "upsampler128": "upsampler128.safetensors",
 }
-"""Stage -> file name inside a checkpoint folder (each with a ``.json`` of config, command and metrics beside it)."""
+"""Stage -> file name inside a checkpoint folder (each with a ``.json`` of config, command and metrics beside it).
+The two upsamplers are optional: without them pictures stop at 32×32 (or 64×64)."""
+
+OPTIONAL_FILES = ("upsampler", "upsampler128")
+
+SIZES = (32, 64, 128)
+"""The picture sizes the cascade can stop at: the decoder's 32, the first upsampler's 64, the second's 128."""
 
 SEED_BLOCK = 64
 """:meth:`UnCLIP.generate`'s unit of randomness. The pictures of a call are numbered prompt-major (the n pictures of
@@ -73,6 +81,8 @@ class Generation:
         run of equal prompts.
     :ivar start: the index of the first picture within the whole call (a chunk of ``generate_batches`` starts there;
         picture ``start + j`` is picture ``(start + j) % n`` of prompt ``(start + j) // n``).
+    :ivar settings: how the call was made (operation, seed, steps, ..., the checkpoints' SHA-256), shared by every
+        chunk of a call; :meth:`metadata` and :meth:`save` write it into each picture (:mod:`dalle2_edu.provenance`).
     """
 
     tensors: torch.Tensor
@@ -82,11 +92,29 @@ class Generation:
     timings: dict = field(default_factory=dict)
     nrow: int | None = None
     start: int = 0
+    settings: dict = field(default_factory=dict)
 
     @property
     def images(self) -> list:
         """The pictures as PIL images."""
         return to_pil(self.tensors)
+
+    def metadata(self, j: int) -> dict:
+        """What picture ``j`` was drawn from, JSON-ready (:func:`dalle2_edu.provenance.picture_metadata`). For a
+        :meth:`UnCLIP.generate` picture it is enough for ``python -m dalle2_edu generate --from`` to redraw it."""
+        from dalle2_edu.provenance import picture_metadata
+
+        return picture_metadata(self, j)
+
+    def save(self, folder, indices: Sequence[int] | None = None) -> list[Path]:
+        """Write pictures ``indices`` (default: all) as PNGs into ``folder`` (created if missing), each carrying its
+        :meth:`metadata`; named ``{row}_{column}_{prompt}.png`` as ``python -m dalle2_edu generate`` names them.
+
+        :return: the paths written.
+        """
+        from dalle2_edu.provenance import save_generation
+
+        return save_generation(self, folder, indices)
 
     def grid(self, nrow: int | None = None, scale: int = 1):
         """All pictures tiled into one PIL image, ``nrow`` per row (default: :attr:`nrow`, i.e. one row per prompt)."""
@@ -129,11 +157,14 @@ class UnCLIP:
     :param prior: ``(DiffusionPrior, GaussianDiffusion)`` or None (then ``use_prior=False`` is forced).
     :param decoder: ``(CLIPDecoder, GaussianDiffusion)``.
     :param upsampler: ``(Upsampler, GaussianDiffusion)`` or None (then pictures stay 32×32).
+    :param upsampler128: the second upsampler, 64 → 128, or None (``size=128`` is then refused).
     """
 
-    def __init__(self, clip, prior, decoder, upsampler=None, device="cpu"):
+    def __init__(self, clip, prior, decoder, upsampler=None, device="cpu", upsampler128=None):
         self.clip, self.prior, self.decoder, self.upsampler = clip, prior, decoder, upsampler
+        self.upsampler128 = upsampler128
         self.device = torch.device(device)
+        self.checkpoint_files: dict[str, Path] = {}  # stage -> weights file (from_pretrained fills it; provenance)
 
     @classmethod
     def from_pretrained(cls, path="data/checkpoints", device: str = "cpu", upsampler: bool = True) -> UnCLIP:
@@ -141,7 +172,7 @@ class UnCLIP:
         train all`` or shipped in ``data/checkpoints``). A relative path that does not exist from the working
         directory is also tried inside the project (so notebooks can pass "data/checkpoints" from ``notebooks/``).
 
-        :param upsampler: load the 32→64 upsampler too (skipped silently when its file is absent).
+        :param upsampler: load the 32→64 and 64→128 upsamplers too (each skipped silently when its file is absent).
         :raises FileNotFoundError: the folder or a required file is missing, with the command that makes it.
         """
         from dalle2_edu.stages.clip import load_clip
@@ -159,7 +190,7 @@ class UnCLIP:
                 f"{', '.join(CHECKPOINT_FILES.values())} (the shipped ones are in data/checkpoints) or make one with "
                 f"`python -m dalle2_edu train all --out {path}`"
             )
-        missing = [f for k, f in CHECKPOINT_FILES.items() if k != "upsampler" and not (folder / f).exists()]
+        missing = [f for k, f in CHECKPOINT_FILES.items() if k not in OPTIONAL_FILES and not (folder / f).exists()]
         if missing:
             raise FileNotFoundError(
                 f"{folder} lacks {', '.join(missing)}; run `python -m dalle2_edu train all --out {folder}` to train "
@@ -169,16 +200,22 @@ class UnCLIP:
 
         check_checkpoint_set(folder)  # a prior or decoder trained against another CLIP than this one: refuse
         dev = get_device(device)
-        ups = None
+        ups = ups128 = None
         if upsampler and (folder / CHECKPOINT_FILES["upsampler"]).exists():
             ups = load_upsampler(folder / CHECKPOINT_FILES["upsampler"], device=dev)
-        return cls(
+        if ups and (folder / CHECKPOINT_FILES["upsampler128"]).exists():
+            ups128 = load_upsampler(folder / CHECKPOINT_FILES["upsampler128"], device=dev)
+        pipe = cls(
             load_clip(folder / CHECKPOINT_FILES["clip"], device=dev),
             load_prior(folder / CHECKPOINT_FILES["prior"], device=dev),
             load_decoder(folder / CHECKPOINT_FILES["decoder"], device=dev),
             ups,
             device=dev,
+            upsampler128=ups128,
         )
+        loaded = {"upsampler": ups, "upsampler128": ups128}
+        pipe.checkpoint_files = {k: folder / f for k, f in CHECKPOINT_FILES.items() if loaded.get(k, True)}
+        return pipe
 
     # ------------------------------------------------------------------------------------------------ stages
     @torch.no_grad()
@@ -264,33 +301,99 @@ class UnCLIP:
         noise: torch.Tensor | None = None,
         seed: int = 0,
         progress: bool = False,
+        spacing: str = "even",
+        sampler: str = "ddim",
     ) -> torch.Tensor:
         """(B, d) image embeddings → (B, 3, 32, 32) pictures in [-1, 1] (DDIM with classifier-free guidance).
 
         :param guidance_scale: finite, >= 0 (:func:`~dalle2_edu.validate.check_guidance_scale`).
         :param eta: DDIM's η in [0, 1] (:func:`~dalle2_edu.validate.check_eta`).
+        :param spacing: which ``steps`` of the T original ones to visit: ``"even"``, Improved DDPM's rule from t = 0
+            to T - 1 (:func:`~dalle2_edu.diffusion.sampling.respaced`; what :meth:`generate` uses), or ``"ddim"``,
+            DDIM's stride that stops one stride short of T (:func:`~dalle2_edu.edits.inversion_timesteps`): the one
+            to decode noise from :meth:`invert` with.
+        :param sampler: one of :data:`~dalle2_edu.diffusion.sampling.SAMPLERS`; for the ODE solvers (``"dpmpp2m"``,
+            ``"euler"``, ``"heun"``) ``steps`` counts network calls on the full process and ``spacing`` must stay
+            ``"even"``; ``eta`` applies to ``"ddim"`` only.
         """
+        from dalle2_edu.diffusion.sampling import ODE_SAMPLERS, check_sampler, max_steps
         from dalle2_edu.stages.decoder import sample_decoder
 
         guidance_scale, eta = check_guidance_scale(guidance_scale), check_eta(eta)
-        steps, seed = check_count("steps", steps), check_seed(seed)
+        steps, seed, sampler = check_count("steps", steps), check_seed(seed), check_sampler(sampler)
         _check_batch("image_emb", image_emb)
-        decoder, gd = self.decoder
+        decoder, full = self.decoder
+        if sampler in ODE_SAMPLERS:  # the solver picks its own noise levels on the full process
+            if spacing != "even":
+                raise ValueError(f"spacing={spacing!r} applies to the ddim and ddpm samplers, not to {sampler!r}")
+            gd, steps = full, min(steps, max_steps(sampler, full.num_timesteps))
+        else:
+            gd = self._decoder_process(steps, spacing)
+            steps = gd.num_timesteps
         return sample_decoder(
-            decoder, gd, image_emb.to(self.device), steps=min(steps, gd.num_timesteps), guidance_scale=guidance_scale,
+            decoder, gd, image_emb.to(self.device), steps=steps, sampler=sampler, guidance_scale=guidance_scale,
             eta=eta, noise=noise, seed=seed, progress=progress,
         )  # fmt: skip
 
+    def _decoder_process(self, steps: int, spacing: str = "even"):
+        """The decoder's process respaced to ``steps`` (at most T) by ``spacing`` (see :meth:`decode`)."""
+        from dalle2_edu.diffusion.sampling import respaced
+        from dalle2_edu.edits import inversion_timesteps
+
+        gd = self.decoder[1]
+        steps = min(steps, gd.num_timesteps)
+        if spacing == "even":
+            return respaced(gd, steps)
+        if spacing == "ddim":
+            return gd.respace(inversion_timesteps(gd.num_timesteps, steps))
+        raise ValueError(f"spacing must be 'even' or 'ddim', got {spacing!r}")
+
     @torch.no_grad()
-    def upsample(self, low_res: torch.Tensor, steps: int = 10, seed: int = 0, progress: bool = False) -> torch.Tensor:
-        """(B, 3, 32, 32) → (B, 3, 64, 64) with the upsampler (bilinear when none is loaded)."""
-        steps, seed = check_count("steps", steps), check_seed(seed)
+    def upsample(self, low_res: torch.Tensor, steps: int = 10, seed: int = 0, progress: bool = False,
+                 sampler: str = "ddim", size: int | None = None) -> torch.Tensor:  # fmt: skip
+        """(B, 3, 32, 32) → (B, 3, 64, 64) with the upsampler (bilinear when none is loaded), and on to
+        (B, 3, 128, 128) with the second one when ``size=128`` (its noise from ``seed + 1``); ``sampler`` and
+        ``steps`` (for each stage) as for :meth:`decode`."""
+        from dalle2_edu.diffusion.sampling import check_sampler, max_steps
+
+        steps, seed, sampler = check_count("steps", steps), check_seed(seed), check_sampler(sampler)
+        size = self.check_size(size)
+        if size == self.sizes[0]:
+            raise ValueError(f"size={size} is the decoder's own size: there is nothing to upsample")
         if self.upsampler is None:
             return torch.nn.functional.interpolate(low_res, scale_factor=2, mode="bilinear", align_corners=False)
         from dalle2_edu.stages.upsampler import upsample
 
-        model, gd = self.upsampler
-        return upsample(model, gd, low_res, steps=min(steps, gd.num_timesteps), seed=seed, progress=progress)
+        out = low_res
+        stages = [self.upsampler] + ([self.upsampler128] if size == self.sizes[-1] and len(self.sizes) == 3 else [])
+        for i, (model, gd) in enumerate(stages):
+            out = upsample(model, gd, out, steps=min(steps, max_steps(sampler, gd.num_timesteps)),
+                           seed=offset_seed(seed, i), progress=progress, sampler=sampler)  # fmt: skip
+        return out
+
+    @property
+    def sizes(self) -> list[int]:
+        """The sizes this pipeline's cascade can stop at: the decoder's (32), twice it (the upsampler, or bilinear
+        when none is loaded) and, with the second upsampler, four times it (:data:`SIZES` for the shipped one)."""
+        s = self.image_size
+        return [s, 2 * s] + ([4 * s] if self.upsampler is not None and self.upsampler128 is not None else [])
+
+    def check_size(self, size: int | None, upsample: bool = True) -> int:
+        """The size a call stops at: ``size`` checked against :attr:`sizes`, or (None) twice the decoder's when
+        ``upsample`` else the decoder's own."""
+        sizes = self.sizes
+        if size is None:
+            return sizes[1] if upsample else sizes[0]
+        if isinstance(size, bool) or not isinstance(size, int) or size not in [*sizes, 4 * sizes[0]]:
+            raise ValueError(f"size must be one of {', '.join(map(str, sizes))} (where this pipeline's cascade can "
+                             f"stop), got {size!r}")  # fmt: skip
+        if size not in sizes:
+            raise ValueError(
+                f"size={size} needs both upsamplers, and this pipeline has no "
+                f"{'upsampler128' if self.upsampler is not None else 'upsampler'}; the shipped ones are in "
+                "data/checkpoints, or train one with `python -m dalle2_edu train upsampler128 --out FOLDER`"
+            )
+        return size
 
     # ------------------------------------------------------------------------------------------------ generate
     @torch.no_grad()
@@ -309,6 +412,8 @@ class UnCLIP:
         upsample_steps: int = 10,
         progress: bool = False,
         batch_size: int = SEED_BLOCK,
+        sampler: str = "ddim",
+        size: int | None = None,
     ) -> Generation:
         """Draw ``n`` pictures for each prompt, ``batch_size`` pictures at a time.
 
@@ -324,6 +429,10 @@ class UnCLIP:
         :param upsample: run the 32→64 upsampler (when loaded).
         :param batch_size: pictures per decoder batch: working memory grows with it, not with n. The pictures do not
             depend on it (see :data:`SEED_BLOCK`).
+        :param sampler: the decoder's and upsampler's sampler, one of :data:`~dalle2_edu.diffusion.sampling.SAMPLERS`
+            (``steps`` and ``upsample_steps`` then count network calls for the ODE solvers; see :meth:`decode`).
+        :param size: stop the cascade at 32 (the decoder), 64 (the first upsampler) or 128 (the second; needs
+            ``upsampler128.safetensors``); None: 64, or 32 with ``upsample=False``.
         :return: all the pictures in one :class:`Generation`; for many pictures use :meth:`generate_batches`, which
             hands them over batch by batch instead of holding them all.
         :raises ValueError: an empty prompt, a word the model never saw, n < 1, steps < 1, a guidance scale that is
@@ -331,7 +440,7 @@ class UnCLIP:
         """
         chunks = self.generate_batches(
             prompt, n, guidance_scale, steps, seed, use_prior, prior_steps, prior_guidance_scale, n_candidates,
-            upsample, upsample_steps, progress, batch_size,
+            upsample, upsample_steps, progress, batch_size, sampler=sampler, size=size,
         )  # fmt: skip
         first = next(chunks)
         prompts = check_prompts(prompt)
@@ -350,7 +459,7 @@ class UnCLIP:
             for key, seconds in chunk.timings.items():
                 timings[key] = timings.get(key, 0.0) + seconds
         expanded = [p for p in prompts for _ in range(first.nrow)]
-        return Generation(tensors, expanded, image_emb, low_res, timings, nrow=first.nrow)
+        return Generation(tensors, expanded, image_emb, low_res, timings, nrow=first.nrow, settings=first.settings)
 
     def generate_batches(
         self,
@@ -367,6 +476,9 @@ class UnCLIP:
         upsample_steps: int = 10,
         progress: bool = False,
         batch_size: int = SEED_BLOCK,
+        first_picture: int = 0,
+        sampler: str = "ddim",
+        size: int | None = None,
     ) -> Iterator[Generation]:
         """:meth:`generate`, handed over as it goes: yields :class:`Generation` chunks of at most ``batch_size``
         consecutive pictures (prompt-major; ``chunk.start`` is the index of a chunk's first picture), so pictures can
@@ -379,6 +491,11 @@ class UnCLIP:
         The arguments are those of :meth:`generate` and are checked here, before the first picture is drawn (an
         unknown word fails at this call, not at the first ``next``). Concatenated, the chunks are exactly what
         :meth:`generate` returns with the same arguments, for any ``batch_size``.
+
+        :param first_picture: hand over pictures ``first_picture`` … only: the seed groups before it (whole
+            :data:`SEED_BLOCK` blocks, or ``batch_size // SEED_BLOCK`` of them) are not drawn, and the group holding
+            it is drawn whole, so every picture handed over is exactly that picture of the full call (this is how
+            ``python -m dalle2_edu generate --from`` redraws one picture, :func:`dalle2_edu.provenance.redraw`).
         """
         prompts = check_prompts(prompt)
         n, steps, prior_steps, upsample_steps, n_candidates, batch_size = check_counts(
@@ -387,31 +504,46 @@ class UnCLIP:
         )  # fmt: skip
         guidance_scale = check_guidance_scale(guidance_scale)
         prior_guidance_scale = check_guidance_scale(prior_guidance_scale, "prior_guidance_scale")
-        seed = check_seed(seed)
+        from dalle2_edu.diffusion.sampling import check_sampler
+
+        seed, sampler = check_seed(seed), check_sampler(sampler)
+        size = self.check_size(size, upsample)
+        upsample = size > self.sizes[0]
+        first_picture = check_int("first_picture", first_picture, low=0, high=len(prompts) * n - 1,
+                                  hint=f"(a picture of this call: {len(prompts)} prompt(s) × n = {n})")  # fmt: skip
         self.clip.tokenize(prompts)  # unknown words fail now, with the list of known ones
+        settings = call_record(self, "generate", prompts=prompts, n=n, seed=seed, guidance_scale=guidance_scale,
+                               steps=steps, use_prior=use_prior, prior_steps=prior_steps,
+                               prior_guidance_scale=prior_guidance_scale, n_candidates=n_candidates, upsample=upsample,
+                               upsample_steps=upsample_steps, batch_size=batch_size, sampler=sampler,
+                               size=size)  # fmt: skip
         prior_kw = dict(use_prior=use_prior, prior_steps=prior_steps, prior_guidance_scale=prior_guidance_scale,
                         n_candidates=n_candidates, progress=progress)  # fmt: skip
         return self._generate_chunks(prompts, n, guidance_scale, steps, seed, prior_kw, upsample, upsample_steps,
-                                     progress, batch_size)  # fmt: skip
+                                     progress, batch_size, settings, first_picture, sampler, size)  # fmt: skip
 
     @torch.no_grad()
     def _generate_chunks(
-        self, prompts, n, guidance_scale, steps, seed, prior_kw, upsample, upsample_steps, progress, batch_size
-    ) -> Iterator[Generation]:
+        self, prompts, n, guidance_scale, steps, seed, prior_kw, upsample, upsample_steps, progress, batch_size,
+        settings=None, first_picture=0, sampler="ddim", size=None,
+    ) -> Iterator[Generation]:  # fmt: skip
         """The work of :meth:`generate_batches`, after its checks. Blocks of :data:`SEED_BLOCK` pictures are taken a
         group at a time (several blocks when ``batch_size`` holds several): prior per block, decoder in batches of
         ``batch_size`` with the blocks' own starting noise, upsampler per block; then the group is handed over in
-        chunks of ``batch_size``."""
+        chunks of ``batch_size``. Groups ending before ``first_picture`` are skipped, pictures before it dropped."""
         import time
 
         from tqdm.auto import tqdm
 
         blocks = list(enumerate(_blocks(len(prompts) * n)))  # [(k, (start, stop)), ...]
         per_group = max(1, batch_size // SEED_BLOCK)
-        bar = tqdm(total=len(prompts) * n, desc="pictures", unit="picture", disable=not progress, leave=False)
+        bar = tqdm(total=len(prompts) * n - first_picture, desc="pictures", unit="picture", disable=not progress,
+                   leave=False)  # fmt: skip
         try:
             for g in range(0, len(blocks), per_group):
                 group = blocks[g : g + per_group]
+                if group[-1][1][1] <= first_picture:
+                    continue  # drawn by no one: its pictures come before the first one asked for
                 seeds = {k: block_seed(seed, k) for k, _ in group}  # prior: + 0, decoder: + 1, upsampler: + 2
                 start = group[0][1][0]
                 t0 = time.perf_counter()
@@ -422,25 +554,28 @@ class UnCLIP:
                 noise = torch.cat([self._start_noise(b - a, offset_seed(seeds[k], 1)) for k, (a, b) in group])
                 low_res = torch.cat([
                     self.decode(image_emb[j : j + batch_size], guidance_scale, steps, noise=noise[j : j + batch_size],
-                                progress=progress)
+                                progress=progress, sampler=sampler)
                     for j in range(0, len(image_emb), batch_size)
                 ])  # fmt: skip
                 t2 = time.perf_counter()
                 if upsample:
                     images = torch.cat([
                         self.upsample(low_res[a - start : b - start], upsample_steps, offset_seed(seeds[k], 2),
-                                      progress)
+                                      progress, sampler, size)
                         for k, (a, b) in group
                     ])  # fmt: skip
                 else:
                     images = low_res
                 times = {"prior_s": t1 - t0, "decoder_s": t2 - t1, "upsampler_s": time.perf_counter() - t2}
                 images, image_emb, low_res = images.cpu(), image_emb.cpu(), low_res.cpu()
-                for j in range(0, len(images), batch_size):
+                for chunk in range(0, len(images), batch_size):
+                    j, stop = max(chunk, first_picture - start), min(chunk + batch_size, len(images))
+                    if j >= stop:
+                        continue  # the pictures before first_picture are not handed over
                     a = start + j
-                    labels = [prompts[i // n] for i in range(a, a + len(images[j : j + batch_size]))]
-                    yield Generation(images[j : j + batch_size], labels, image_emb[j : j + batch_size],
-                                     low_res[j : j + batch_size], times, nrow=n, start=a)  # fmt: skip
+                    labels = [prompts[i // n] for i in range(a, start + stop)]
+                    yield Generation(images[j:stop], labels, image_emb[j:stop], low_res[j:stop], times, nrow=n,
+                                     start=a, settings=settings or {})  # fmt: skip
                     times = dict.fromkeys(times, 0.0)  # a group's seconds are counted once, with its first chunk
                     bar.update(len(labels))
         finally:
@@ -473,26 +608,41 @@ class UnCLIP:
         return self._prepare(image)[2]
 
     @torch.no_grad()
-    def invert(self, low_res: torch.Tensor, image_emb: torch.Tensor, steps: int = 25, progress: bool = False):
+    def invert(
+        self,
+        low_res: torch.Tensor,
+        image_emb: torch.Tensor,
+        steps: int = 25,
+        progress: bool = False,
+        guidance_scale: float = 1.0,
+    ):
         """DDIM inversion: the starting noise x_T from which the decoder, conditioned on ``image_emb`` and run
-        deterministically (η = 0), draws (approximately) ``low_res`` again.
+        deterministically (η = 0) on the same steps, draws (approximately) ``low_res`` again. Decode it with
+        ``decode(..., noise=x_T, spacing="ddim")``.
 
-        Inverted with the plain conditional model (guidance scale 1): measured on 16 test pictures with the shipped
-        decoder, decoding that noise at guidance 3 reconstructs them with MSE 0.14 (0.21 when inverting at scale 3;
-        0.48 from fresh noise).
+        The steps are DDIM's stride (:func:`~dalle2_edu.edits.inversion_timesteps`), not :meth:`generate`'s even
+        spacing, whose last step at ᾱ ≈ 2·10⁻⁹ multiplies the inversion's error by ~20 000 when decoding starts.
+
+        Measured on 16 test pictures with the shipped decoder, 25 steps, decoded at guidance 3: MSE 0.038 inverting at
+        scale 1, 0.025 at scale 3 (0.14 and 0.21 on the even spacing; 0.48 from fresh noise). The edits invert at 1:
+        the noise then serves any decoding guidance and any edited embedding, at one network pass per step.
+
+        :param guidance_scale: the classifier-free guidance the inversion runs with (1: the plain conditional model).
         """
-        from dalle2_edu.diffusion.sampling import respaced
         from dalle2_edu.stages.decoder import guided_decoder
 
-        steps = check_count("steps", steps)
+        steps, guidance_scale = check_count("steps", steps), check_guidance_scale(guidance_scale)
         _check_batch("low_res", low_res)
         _check_batch("image_emb", image_emb)
-        decoder, gd = self.decoder
-        net = guided_decoder(decoder, image_emb.to(self.device), 1.0)
-        return respaced(gd, min(steps, gd.num_timesteps)).ddim_invert(net, low_res.to(self.device), progress=progress)
+        decoder, _ = self.decoder
+        net = guided_decoder(decoder, image_emb.to(self.device), guidance_scale)
+        return self._decoder_process(steps, "ddim").ddim_invert(net, low_res.to(self.device), progress=progress)
 
-    def _finish(self, low_res, labels, image_emb, upsample, upsample_steps, seed, progress, times, nrow) -> Generation:
-        """Upsample an edit's pictures (from ``seed + 2``, as :meth:`generate` does) and wrap them up."""
+    def _finish(
+        self, low_res, labels, image_emb, upsample, upsample_steps, seed, progress, times, nrow, settings=None
+    ) -> Generation:
+        """Upsample an edit's pictures (from ``seed + 2``, as :meth:`generate` does) and wrap them up, with
+        ``settings`` (:func:`~dalle2_edu.provenance.call_record`: the edit and its arguments) for their metadata."""
         import time
 
         start = time.perf_counter()
@@ -500,7 +650,8 @@ class UnCLIP:
         if upsample:
             images = self.upsample(low_res, upsample_steps, seed=offset_seed(seed, 2), progress=progress)
         times["upsampler_s"] = time.perf_counter() - start
-        return Generation(images.cpu(), labels, image_emb.cpu(), low_res.cpu(), times, nrow=nrow)
+        return Generation(images.cpu(), labels, image_emb.cpu(), low_res.cpu(), times, nrow=nrow,
+                          settings=settings or {})  # fmt: skip
 
     @torch.no_grad()
     def variations(
@@ -518,9 +669,9 @@ class UnCLIP:
     ) -> Generation:
         """``n`` variations of each picture: the same CLIP image embedding decoded again (DALL·E 2 §3.1).
 
-        The picture is encoded by CLIP; the decoder starts from the picture's DDIM-inverted noise (``invert``) and
-        samples with η = ``eta`` > 0, so the variations keep what CLIP saw (category, colour) while the details
-        differ. η = 0 with inversion gives back (approximately) the picture itself.
+        The picture is encoded by CLIP; the decoder starts from the picture's DDIM-inverted noise (:meth:`invert`) and
+        samples on the inversion's steps with η = ``eta`` > 0, so the variations keep what CLIP saw (category, colour)
+        while the details differ. η = 0 with inversion gives back (approximately) the picture itself.
 
         :param image: PIL image(s), uint8 array, or tensor (B, 3, H, H) in [-1, 1] (e.g. ``generate(...).tensors``).
         :param eta: DDIM's η in [0, 1] (:func:`~dalle2_edu.validate.check_eta`).
@@ -537,10 +688,14 @@ class UnCLIP:
         noise = self.invert(low, z, steps, progress) if invert else None
         z_n = z.repeat_interleave(n, dim=0)
         noise = noise.repeat_interleave(n, dim=0) if noise is not None else None
-        out = self.decode(z_n, guidance_scale, steps, eta=eta, noise=noise, seed=seed, progress=progress)
+        out = self.decode(z_n, guidance_scale, steps, eta=eta, noise=noise, seed=seed, progress=progress,
+                          spacing="ddim" if invert else "even")  # fmt: skip
         labels = [f"variation {j + 1} of picture {i + 1}" for i in range(low.shape[0]) for j in range(n)]
         times = {"decoder_s": time.perf_counter() - start}
-        return self._finish(out, labels, z_n, upsample, upsample_steps, seed, progress, times, nrow=n)
+        settings = call_record(self, "variations", n=n, eta=eta, guidance_scale=guidance_scale, steps=steps,
+                               invert=invert, seed=seed, upsample=upsample, upsample_steps=upsample_steps)  # fmt: skip
+        return self._finish(out, labels, z_n, upsample, upsample_steps, seed, progress, times, nrow=n,
+                            settings=settings)  # fmt: skip
 
     @torch.no_grad()
     def interpolate(
@@ -558,7 +713,8 @@ class UnCLIP:
         """``steps`` pictures going from ``image_a`` to ``image_b`` (DALL·E 2 §3.2).
 
         Both the CLIP image embeddings and the DDIM-inverted noises are interpolated spherically
-        (:func:`~dalle2_edu.edits.slerp`) at fractions 0, 1/(steps-1), …, 1, and decoded with η = 0, so the two
+        (:func:`~dalle2_edu.edits.slerp`) at fractions 0, 1/(steps-1), …, 1, and decoded with η = 0 on the inversion's
+        steps (:meth:`invert`), so the two
         ends come out close to the two pictures and the path between them is smooth.
 
         :param image_a, image_b: one picture each (see :meth:`variations` for the formats).
@@ -584,10 +740,22 @@ class UnCLIP:
         pair = lambda v: (v[:1].expand(steps, *v.shape[1:]), v[1:].expand(steps, *v.shape[1:]))  # noqa: E731
         z_path = slerp(*pair(torch.nn.functional.normalize(z, dim=-1)), frac) * z.shape[1] ** 0.5
         noise_path = slerp(*pair(noise), frac)
-        out = self.decode(z_path, guidance_scale, decoder_steps, eta=0.0, noise=noise_path, seed=seed)
+        out = self.decode(z_path, guidance_scale, decoder_steps, eta=0.0, noise=noise_path, seed=seed, spacing="ddim")
         labels = [f"{f:.2f} of the way from a to b" for f in frac.tolist()]
         times = {"decoder_s": time.perf_counter() - start}
-        return self._finish(out, labels, z_path, upsample, upsample_steps, seed, progress, times, nrow=steps)
+        settings = call_record(self, "interpolate", steps=steps, guidance_scale=guidance_scale,
+                               decoder_steps=decoder_steps, seed=seed, upsample=upsample,
+                               upsample_steps=upsample_steps)  # fmt: skip
+        return self._finish(out, labels, z_path, upsample, upsample_steps, seed, progress, times, nrow=steps,
+                            settings=settings)  # fmt: skip
+
+    def animate(self, start, end=None, **kwargs) -> Generation:
+        """A smooth run of frames between two prompts or two pictures, or through the colours of one product
+        (``colours="all"``): :func:`dalle2_edu.animation.animate` (frames, loop, seed, ... as keywords); write it as
+        GIF and WebP with :func:`dalle2_edu.animation.save_animation`."""
+        from dalle2_edu.animation import animate
+
+        return animate(self, start, end, **kwargs)
 
     @torch.no_grad()
     def text_diff(
@@ -634,10 +802,15 @@ class UnCLIP:
         z_unit = torch.nn.functional.normalize(z, dim=-1).repeat_interleave(k, dim=0)
         theta = torch.tensor(amounts, device=self.device).repeat(B)
         z_edit = slerp(z_unit, d.expand_as(z_unit), theta) * z.shape[1] ** 0.5
-        out = self.decode(z_edit, guidance_scale, steps, eta=0.0, noise=noise.repeat_interleave(k, dim=0), seed=seed)
+        out = self.decode(z_edit, guidance_scale, steps, eta=0.0, noise=noise.repeat_interleave(k, dim=0), seed=seed,
+                          spacing="ddim")  # fmt: skip
         labels = [f"{from_text} → {to_text}, θ = {a:g}" for _ in range(B) for a in amounts]
         times = {"decoder_s": time.perf_counter() - start}
-        return self._finish(out, labels, z_edit, upsample, upsample_steps, seed, progress, times, nrow=k)
+        settings = call_record(self, "text_diff", from_text=from_text, to_text=to_text, amount=amounts,
+                               guidance_scale=guidance_scale, steps=steps, seed=seed, upsample=upsample,
+                               upsample_steps=upsample_steps)  # fmt: skip
+        return self._finish(out, labels, z_edit, upsample, upsample_steps, seed, progress, times, nrow=k,
+                            settings=settings)  # fmt: skip
 
     @torch.no_grad()
     def inpaint(
@@ -701,7 +874,11 @@ class UnCLIP:
         finally:
             decoder.train(was_training)
         times = {"decoder_s": time.perf_counter() - start}
-        result = self._finish(out, [prompts[0]] * n, z, upsample, upsample_steps, seed, progress, times, nrow=n)
+        settings = call_record(self, "inpaint", prompt=prompts[0], n=n, guidance_scale=guidance_scale, steps=steps,
+                               resample=resample, use_prior=use_prior, prior_steps=prior_steps, seed=seed,
+                               upsample=upsample, upsample_steps=upsample_steps)  # fmt: skip
+        result = self._finish(out, [prompts[0]] * n, z, upsample, upsample_steps, seed, progress, times, nrow=n,
+                              settings=settings)  # fmt: skip
         size = result.tensors.shape[-1]
         keep_image = fit_size(full, size, "image").cpu()
         keep_mask = mask_to_size(m_full, size).cpu() if size != full.shape[-1] else m_full.cpu()

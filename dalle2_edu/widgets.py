@@ -5,7 +5,10 @@
   (:meth:`~DenoisingExplorer.for_points`) and pictures (:meth:`~DenoisingExplorer.for_images`,
   :meth:`~DenoisingExplorer.for_prompt`). Moving the slider only swaps a stored PNG: nothing is recomputed.
 - :class:`PromptPlayground` wraps :class:`~dalle2_edu.pipeline.UnCLIP`: a prompt box, guidance and steps sliders, a
-  seed, a Generate button with a progress bar, and buttons for "variations of this one" and "recolour".
+  seed, a Generate button with a progress bar, and buttons for "variations of this one" and "recolour"; a toggle
+  under each picture picks it, "save picked" writes the picked pictures with their metadata
+  (:mod:`~dalle2_edu.provenance`) into a folder, and "edit first picked" runs a variation, a recolouring or an
+  inpainting on the first picked one.
 
 Both keep their state in plain attributes (``explorer.index``, ``playground.result``) and draw through
 ``ipywidgets.Image`` PNGs, so the tests drive them without a browser: set a value or ``button.click()``, then compare
@@ -245,6 +248,33 @@ def recoloured_prompt(prompt: str, colour: str) -> str:
     return _fix_article(new)
 
 
+REGIONS = ("centre", "top half", "bottom half", "left half", "right half")
+"""The masks the playground's inpainting offers (:func:`region_mask`)."""
+
+
+def region_mask(region: str, size: int) -> torch.Tensor:
+    """A (size, size) float mask, 1 = repaint: the ``"centre"`` square (the middle half of each side) or one half.
+
+    :raises ValueError: an unknown region (the message lists them).
+    """
+    if region not in REGIONS:
+        raise ValueError(f"unknown region {region!r}; choose one of {', '.join(REGIONS)}")
+    size = check_count("size", size)
+    mask = torch.zeros(size, size)
+    half, quarter = size // 2, size // 4
+    rows, cols = {"centre": (slice(quarter, size - quarter), slice(quarter, size - quarter)),
+                  "top half": (slice(0, half), slice(None)), "bottom half": (slice(half, None), slice(None)),
+                  "left half": (slice(None), slice(0, half)),
+                  "right half": (slice(None), slice(half, None))}[region]  # fmt: skip
+    mask[rows, cols] = 1.0
+    return mask
+
+
+EDITS = ("variations", "recolour", "inpaint")
+"""What "edit first picked" can do: ``pipe.variations``, ``pipe.text_diff`` to the chosen colour, ``pipe.inpaint``
+of the chosen region with the prompt in the prompt box."""
+
+
 def _fix_article(text: str) -> str:
     """ "a orange" → "an orange", "an red" → "a red"."""
     text = re.sub(r"\b([aA]) (?=[aeiouAEIOU])", r"\1n ", text)
@@ -261,6 +291,7 @@ class PromptPlayground:
         100 steps and a scale of 8, further when the starting value is larger).
     :param upsample: run the 32→64 upsampler.
     :param prior_steps: the prior's DDIM steps.
+    :param save_folder: where "save picked" writes, to start with (a text box; created when first saved into).
     """
 
     def __init__(
@@ -273,6 +304,7 @@ class PromptPlayground:
         seed: int = 0,
         upsample: bool = True,
         prior_steps: int = 64,
+        save_folder: str = "out/picked",
     ):
         import ipywidgets as widgets
 
@@ -298,18 +330,36 @@ class PromptPlayground:
         self.colour = widgets.Dropdown(options=list(COLOUR_NAMES), value="blue", description="colour",
                                        layout=widgets.Layout(width="180px"))  # fmt: skip
         self.recolour_button = widgets.Button(description="recolour")
+        self.picks = [widgets.ToggleButton(value=False, description=f"pick {j + 1}", icon="check",
+                                           tooltip=f"pick picture {j + 1} (to save or edit)")
+                      for j in range(n)]  # fmt: skip
+        self.save_folder = widgets.Text(value=str(save_folder), description="save to",
+                                        layout=widgets.Layout(width="300px"))  # fmt: skip
+        self.save_button = widgets.Button(description="save picked", tooltip="write the picked pictures, with "
+                                          "their metadata, into the folder")  # fmt: skip
+        self.edit_kind = widgets.Dropdown(options=list(EDITS), value="variations", description="edit",
+                                          layout=widgets.Layout(width="200px"))  # fmt: skip
+        self.region = widgets.Dropdown(options=list(REGIONS), value="centre", description="repaint",
+                                       layout=widgets.Layout(width="200px"))  # fmt: skip
+        self.edit_button = widgets.Button(description="edit first picked")
         self.generate_button.on_click(lambda _: self.generate())
         self.variations_button.on_click(lambda _: self.variations())
         self.recolour_button.on_click(lambda _: self.recolour())
+        self.save_button.on_click(lambda _: self.save())
+        self.edit_button.on_click(lambda _: self.edit())
         self.result = None  # the Generation on show
         self.source_prompts: list[str] = []  # the prompt each picture on show depicts
+        self.saved: list = []  # the paths the last "save picked" wrote
         self.widget = widgets.VBox(
             [
                 self.prompt,
                 widgets.HBox([self.guidance, self.steps, self.seed]),
                 widgets.HBox([self.generate_button, self.progress, self.status]),
                 self.image,
-                widgets.HBox([self.pick, self.variations_button, self.colour, self.recolour_button]),
+                widgets.HBox(self.picks),
+                widgets.HBox([self.save_folder, self.save_button]),
+                widgets.HBox([self.edit_kind, self.colour, self.region, self.edit_button]),
+                widgets.HBox([self.pick, self.variations_button, self.recolour_button]),
             ]
         )
 
@@ -336,7 +386,12 @@ class PromptPlayground:
 
     def _show(self, result, prompts: list[str]) -> None:
         self.result, self.source_prompts = result, prompts
-        self.image.value = pictures_png(result.tensors, scale=3 if result.tensors.shape[-1] >= 64 else 6)
+        scale = 3 if result.tensors.shape[-1] >= 64 else 6
+        self.image.value = pictures_png(result.tensors, scale=scale)
+        width = f"{(result.tensors.shape[-1] + 2) * scale}px"  # one toggle under each picture of the row
+        for toggle in self.picks:
+            toggle.value = False
+            toggle.layout.width = width
 
     def _settings(self) -> dict:
         return dict(guidance_scale=self.guidance.value, steps=self.steps.value, seed=self.seed.value)
@@ -348,6 +403,9 @@ class PromptPlayground:
         s = self._settings()
 
         def work(advance):
+            from dalle2_edu.pipeline import SEED_BLOCK
+            from dalle2_edu.provenance import call_record
+
             prompt = self.prompt.value
             z = self.pipe.image_embeddings_from_text([prompt], self.n, prior_steps=self.prior_steps, seed=s["seed"])
             advance()
@@ -355,23 +413,90 @@ class PromptPlayground:
             advance()
             images = self.pipe.upsample(low, seed=offset_seed(s["seed"], 2)) if self.upsample else low
             advance()
-            self._show(Generation(images.cpu(), [prompt] * self.n, z.cpu(), low.cpu()), [prompt] * self.n)
+            # exactly what pipe.generate draws with these settings (n <= SEED_BLOCK: one block), so it is recorded so
+            settings = call_record(self.pipe, "generate", prompts=[prompt], n=self.n, seed=s["seed"],
+                                   guidance_scale=s["guidance_scale"], steps=s["steps"], use_prior=True,
+                                   prior_steps=self.prior_steps, prior_guidance_scale=1.0, n_candidates=2,
+                                   upsample=self.upsample, upsample_steps=10, batch_size=SEED_BLOCK)  # fmt: skip
+            out = Generation(images.cpu(), [prompt] * self.n, z.cpu(), low.cpu(), nrow=self.n, settings=settings)
+            self._show(out, [prompt] * self.n)
 
         return self._run(3, work)
 
-    def _picked(self) -> torch.Tensor:
+    def _picked(self, index: int | None = None) -> torch.Tensor:
         if self.result is None:
             raise ValueError("no pictures yet: press Generate first")
-        return self.result.tensors[self.pick.value - 1 : self.pick.value]
+        i = self.pick.value - 1 if index is None else index
+        return self.result.tensors[i : i + 1]
+
+    def picked(self) -> list[int]:
+        """The pictures on show whose toggle is down (0-based, left to right)."""
+        return [j for j, toggle in enumerate(self.picks) if toggle.value and self.result is not None
+                and j < len(self.result.prompts)]  # fmt: skip
+
+    def _first_picked(self) -> int:
+        if self.result is None:
+            raise ValueError("no pictures yet: press Generate first")
+        picked = self.picked()
+        if not picked:
+            raise ValueError("no picture picked: press the 'pick' toggle under one first")
+        return picked[0]
+
+    def save(self) -> bool:
+        """What "save picked" does: write the picked pictures, each with its metadata, into the folder of the
+        "save to" box (created if missing; a name already there gets ``-2``, ``-3``, ...). ``self.saved`` holds the
+        paths; the status line names them."""
+        import html
+
+        from dalle2_edu.provenance import save_generation
+
+        def work(advance):
+            self._first_picked()
+            folder = self.save_folder.value.strip()
+            if not folder:
+                raise ValueError("the save-to box is empty: type a folder, e.g. out/picked")
+            self.saved = save_generation(self.result, folder, self.picked(), overwrite=False)
+            advance()
+
+        if not self._run(1, work):
+            return False
+        names = ", ".join(html.escape(p.name) for p in self.saved)
+        where = html.escape(str(self.saved[0].parent))
+        self.status.value = f"saved {len(self.saved)} picture(s) to {where}: {names}"
+        return True
+
+    def _edited(self, out, index: int, **extra) -> None:
+        """Record what an edit started from (picture ``index`` on show), so a saved edit can be redrawn."""
+        out.settings = {**out.settings, "source": self.result.metadata(index), **extra}
+
+    def _variations(self, index: int) -> None:
+        source, prompt = self._picked(index), self.source_prompts[index]
+        out = self.pipe.variations(source, n=self.n, upsample=self.upsample, **self._settings())
+        self._edited(out, index)
+        self._show(out, [prompt] * self.n)
+
+    def _recolour(self, index: int) -> None:
+        source, prompt = self._picked(index), self.source_prompts[index]
+        target = recoloured_prompt(prompt, self.colour.value)
+        amounts = np.linspace(0.3, 0.6, self.n).round(3).tolist()
+        out = self.pipe.text_diff(source, prompt, target, amount=amounts, upsample=self.upsample, **self._settings())
+        self._edited(out, index)
+        self._show(out, [target] * self.n)
+
+    def _inpaint(self, index: int) -> None:
+        source, prompt = self._picked(index), self.prompt.value
+        mask = region_mask(self.region.value, source.shape[-1])
+        out = self.pipe.inpaint(source, mask, prompt, n=self.n, prior_steps=self.prior_steps, upsample=self.upsample,
+                                **self._settings())  # fmt: skip
+        self._edited(out, index, mask_region=self.region.value)
+        self._show(out, [prompt] * self.n)
 
     def variations(self) -> bool:
         """What "variations of this one" does: ``pipe.variations(picked picture, n)``."""
 
         def work(advance):
-            source, prompt = self._picked(), self.source_prompts[self.pick.value - 1]
-            out = self.pipe.variations(source, n=self.n, upsample=self.upsample, **self._settings())
+            self._variations(self.pick.value - 1)
             advance()
-            self._show(out, [prompt] * self.n)
 
         return self._run(1, work)
 
@@ -380,13 +505,22 @@ class PromptPlayground:
         n strengths θ from 0.3 to 0.6."""
 
         def work(advance):
-            source, prompt = self._picked(), self.source_prompts[self.pick.value - 1]
-            target = recoloured_prompt(prompt, self.colour.value)
-            amounts = np.linspace(0.3, 0.6, self.n).round(3).tolist()
-            out = self.pipe.text_diff(
-                source, prompt, target, amount=amounts, upsample=self.upsample, **self._settings()
-            )
+            self._recolour(self.pick.value - 1)
             advance()
-            self._show(out, [target] * self.n)
+
+        return self._run(1, work)
+
+    def edit(self) -> bool:
+        """What "edit first picked" does, on the first picture whose toggle is down: ``"variations"``
+        (:meth:`variations`), ``"recolour"`` to the chosen colour (:meth:`recolour`), or ``"inpaint"``: repaint the
+        chosen region so that the picture shows the prompt in the prompt box (``pipe.inpaint``). The result replaces
+        the pictures on show and records the picture it started from (a saved edit can be redrawn)."""
+
+        def work(advance):
+            index = self._first_picked()
+            {"variations": self._variations, "recolour": self._recolour, "inpaint": self._inpaint}[
+                self.edit_kind.value
+            ](index)
+            advance()
 
         return self._run(1, work)

@@ -100,7 +100,7 @@ def test_bad_inputs_and_config_are_named():
     with pytest.raises(ValueError, match="noise must have shape"):
         sample_decoder(model, model.config.diffusion.build(), emb, steps=2, noise=torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="sampler"):
-        sample_decoder(model, model.config.diffusion.build(), emb, sampler="euler")
+        sample_decoder(model, model.config.diffusion.build(), emb, sampler="lms")
 
 
 def test_warm_start_copies_every_matching_unet_weight():

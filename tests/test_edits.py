@@ -158,7 +158,7 @@ def test_variations_shapes_seeds_and_eta(pipe, pictures):
     assert torch.allclose(same[:, 0], same[:, 2])  # η = 0 from the inverted noise: deterministic
     # with inversion the decoder starts from the picture's own x_T, not from seeded noise
     x_t = pipe.invert(fit_size(pictures, 8), z, steps=3)
-    direct = pipe.decode(z, 3.0, 3, eta=0.0, noise=x_t)
+    direct = pipe.decode(z, 3.0, 3, eta=0.0, noise=x_t, spacing="ddim")  # inverted noise: decoded on the same steps
     assert torch.allclose(same[:, 0], direct, atol=1e-5)
     assert not torch.allclose(
         direct, pipe.variations(pictures, n=1, eta=0.0, invert=False, upsample=False, **FAST).tensors
@@ -265,7 +265,7 @@ def test_edits_reject_bad_pictures_and_resize_odd_sizes_with_a_warning(pipe, pic
 # ------------------------------------------------------------------------------------------------ shipped decoder
 def test_ddim_inversion_reconstructs_catalogue_pictures_with_the_shipped_decoder():
     # Real behaviour of the trained decoder: decoding a picture's DDIM-inverted noise (η = 0) gives the picture back
-    # far more closely than decoding fresh noise with the same embedding (measured 0.14 vs 0.48 MSE at 25 steps).
+    # far more closely than decoding fresh noise with the same embedding (measured 0.038 vs 0.48 MSE at 25 steps).
     from dalle2_edu.datasets.catalogue import generate
 
     pipe = UnCLIP.from_pretrained("data/checkpoints", upsampler=False)

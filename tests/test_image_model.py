@@ -78,4 +78,4 @@ def test_loss_and_seeded_sampling():
     d = sample_images(model, gd, labels, sampler="ddpm", steps=20, seed=1)
     assert d.shape == (2, 3, 8, 8)
     with pytest.raises(ValueError, match="unknown sampler"):
-        sample_images(model, gd, labels, sampler="euler")
+        sample_images(model, gd, labels, sampler="lms")

@@ -43,4 +43,29 @@ def test_notebook_follows_the_series_conventions(path):
     assert "parameters" in first["metadata"].get("tags", []), "the first code cell must be tagged 'parameters'"
     assert "DALLE2_EDU_FAST" in _source(first) and "SEED" in _source(first), "the first code cell reads fast mode"
     assert any("assert" in _source(c) for c in code), "each notebook checks the package with an assert"
-    assert "What to try next" in _source(markdown[-1]), "each notebook ends with a 'What to try next' section"
+    assert any("## What to try next" in _source(c) for c in markdown), "each notebook has a 'What to try next' section"
+
+
+def _bullets(markdown: str) -> int:
+    """Top-level bullets of a markdown cell (a line starting "* " or "- ")."""
+    return sum(1 for line in markdown.splitlines() if line.startswith(("* ", "- ")))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_exercise_has_a_worked_answer_that_checks_itself(path):
+    """The 'What to try next' section is followed by 'Worked answers': one '### Answer k: ...' per bullet, in order,
+    each with a code cell that asserts the expected outcome before the next answer."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    start = next(i for i, c in enumerate(cells) if c["cell_type"] == "markdown" and "## What to try next" in _source(c))
+    exercises = _bullets(_source(cells[start]).split("## What to try next", 1)[1])
+    assert exercises > 0, "'What to try next' lists no exercise"
+    rest = cells[start + 1 :]
+    assert rest and _source(rest[0]).startswith("## Worked answers"), "a '## Worked answers' cell follows the exercises"
+    answers = [i for i, c in enumerate(rest) if c["cell_type"] == "markdown" and _source(c).startswith("### Answer ")]
+    numbers = [_source(rest[i]).split(":", 1)[0].removeprefix("### Answer ").strip() for i in answers]
+    assert numbers == [str(k) for k in range(1, exercises + 1)], (
+        f"{exercises} exercises need answers 1..{exercises} in order, found {numbers}"
+    )
+    for k, (a, b) in enumerate(zip(answers, answers[1:] + [len(rest)]), start=1):
+        code = [_source(c) for c in rest[a + 1 : b] if c["cell_type"] == "code"]
+        assert any("assert" in src for src in code), f"answer {k} has no code cell that asserts its outcome"

@@ -317,3 +317,40 @@ def test_a_pickled_open_clip_file_is_refused_without_suggesting_to_unpickle_it(f
     torch.save(clip.model.state_dict(), tmp_path / "plain.pt")  # tensors only: loads as before
     model, _, _ = load_pretrained_open_clip("dalle2-edu-test-pickle", tmp_path / "plain.pt")
     assert not model.training
+
+
+def test_size_stops_the_cascade_where_asked_and_the_second_upsampler_adds_a_stage(folder):
+    """size = the decoder's side (no upsampler), twice it (the first upsampler, the default) or four times it (the
+    second upsampler, loaded from upsampler128.safetensors when present)."""
+    from tiny_unclip import perturbed
+
+    from dalle2_edu.nets.unet import UNetConfig
+    from dalle2_edu.stages.upsampler import Upsampler, UpsamplerConfig, save_upsampler
+
+    pipe = UnCLIP.from_pretrained(folder)
+    assert pipe.sizes == [8, 16] and pipe.upsampler128 is None
+    assert torch.equal(run(pipe, size=8).tensors, run(pipe, upsample=False).tensors)
+    assert torch.equal(run(pipe, size=16).tensors, run(pipe).tensors)
+    with pytest.raises(ValueError, match="upsampler128"):
+        run(pipe, size=32)  # four times the decoder's side needs the second upsampler
+    with pytest.raises(ValueError, match="8, 16"):
+        run(pipe, size=12)
+
+    second = folder.parent / "with_second"
+    second.mkdir()
+    for f in folder.iterdir():
+        (second / f.name).write_bytes(f.read_bytes())
+    unet = UNetConfig.tiny(image_size=32, attention_resolutions=(), low_res_channels=3).to_dict()
+    save_upsampler(perturbed(Upsampler(UpsamplerConfig(unet=unet, diffusion={"num_timesteps": 20}, crop_size=8)), 3),
+                   second / CHECKPOINT_FILES["upsampler128"])  # fmt: skip
+    pipe2 = UnCLIP.from_pretrained(second)
+    assert pipe2.sizes == [8, 16, 32] and "upsampler128" in pipe2.checkpoint_files
+    big, mid = run(pipe2, size=32), run(pipe2)
+    assert big.tensors.shape == (4, 3, 32, 32) and torch.equal(big.low_res, mid.low_res)
+    assert torch.equal(mid.tensors, run(pipe, size=16).tensors)  # the default still stops at the first upsampler
+    assert big.settings["size"] == 32
+    from dalle2_edu.stages.upsampler import upsample
+
+    low = mid.low_res[:2]
+    by_hand = upsample(*pipe2.upsampler128, upsample(*pipe2.upsampler, low, steps=2, seed=5), steps=2, seed=6)
+    assert torch.equal(pipe2.upsample(low, 2, seed=5, size=32), by_hand)  # stage 2 draws from seed + 1

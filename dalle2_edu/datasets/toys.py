@@ -91,15 +91,24 @@ class GaussianMixture2D:
         Given component k, x_t = √ᾱ x_0 + √(1-ᾱ) ε is Gaussian: N(√ᾱ μ_k, (ᾱ s_k² + 1 - ᾱ) I), so the posterior
         component weights w_k(x_t) and E[x_0 | x_t, k] = μ_k + √ᾱ s_k² (x_t - √ᾱ μ_k) / (ᾱ s_k² + 1 - ᾱ) are exact;
         E[x_0 | x_t] = Σ_k w_k E[x_0 | x_t, k] and ε̂ = (x_t - √ᾱ E[x_0 | x_t]) / √(1 - ᾱ). What a perfectly trained
-        network would output: a 2D explorer or sampler needs no training with it. ``t`` is the original step index.
+        network would output: a 2D explorer or sampler needs no training with it. ``t`` is the original step index;
+        a fractional t (the Euler/Heun samplers, the ODE likelihood) reads ᾱ(t) from the continuous schedule of
+        :class:`~dalle2_edu.diffusion.solvers.ContinuousSchedule`, as those do.
         """
+        from dalle2_edu.diffusion.solvers import ContinuousSchedule
+
         if not torch.equal(gd.timestep_map, torch.arange(gd.num_timesteps)):
             raise ValueError("exact_eps_model needs the original process, not a respaced one (it reads t as original)")
         abar_table = torch.as_tensor(gd.alphas_cumprod, dtype=torch.float64)
+        schedule = ContinuousSchedule(gd)
 
         def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             x = x_t.to(torch.float64)
-            ab = abar_table[t.cpu()].to(x.device)[:, None, None]  # (n, 1, 1)
+            if t.is_floating_point():
+                ab = torch.from_numpy(schedule.alpha_bar(t.detach().cpu().double().numpy()))
+            else:
+                ab = abar_table[t.cpu()]
+            ab = ab.to(x.device)[:, None, None]  # (n, 1, 1)
             var = ab * self.stds[None, :, None] ** 2 + 1 - ab  # (n, K, 1)
             centre = ab.sqrt() * self.means[None]  # (n, K, 2)
             d2 = ((x[:, None, :] - centre) ** 2).sum(-1, keepdim=True)  # (n, K, 1)

@@ -8,6 +8,8 @@
 * :mod:`~dalle2_edu.diffusion.config`: ``DiffusionConfig``, embedded in every stage's config
 * :mod:`~dalle2_edu.diffusion.sampling`: ``sample``, the one sampling entry point every stage uses
 * :mod:`~dalle2_edu.diffusion.training`: ``diffusion_loss``, the one training loss every diffusion stage uses
+* :mod:`~dalle2_edu.diffusion.solvers`: fast ODE samplers (DPM-Solver++, Euler, Heun), ``sampler=`` of ``sample``
+* :mod:`~dalle2_edu.diffusion.likelihood`: the exact log-likelihood by the probability-flow ODE
 """
 
 from dalle2_edu.diffusion.config import DiffusionConfig

@@ -53,8 +53,9 @@ class GaussianDiffusion:
     :param mean_type: what the network predicts — ``"eps"`` (the noise, DDPM), ``"x0"`` (the clean data, as the
         DALL·E 2 prior does) or ``"v"`` (v = √ᾱ ε - √(1-ᾱ) x_0, Salimans & Ho 2022).
     :param var_type: the reverse variance Σ_θ — ``"fixed_small"`` (β̃_t, the posterior variance),
-        ``"fixed_large"`` (β_t) or ``"learned_range"`` (the network outputs v ∈ [-1, 1] per element after its mean
-        channels, and log Σ = (1+v)/2 · log β_t + (1-v)/2 · log β̃_t, Improved DDPM eq. 15).
+        ``"fixed_large"`` (β_t) or ``"learned_range"`` (the network outputs r ∈ [-1, 1] per element after its mean
+        channels, and log Σ = f · log β_t + (1-f) · log β̃_t with f = (1+r)/2, Improved DDPM eq. 15; the paper calls
+        r "v", the course keeps v for v-prediction).
     :param loss_type: ``"simple"`` (MSE on the mean output, DDPM's L_simple), ``"hybrid"`` (L_simple + λ L_vlb, the
         VLB training only the variance) or ``"kl"`` (the VLB alone).
     :param data_type: ``"image"`` (8-bit pixels in [-1, 1]: discretized decoder NLL, predictions of x_0 clipped to
@@ -147,7 +148,12 @@ class GaussianDiffusion:
 
     def _model_output(self, model: Callable, x_t: torch.Tensor, t: torch.Tensor, model_kwargs: dict | None):
         """Call the network with the ORIGINAL step indices and check its output's shape."""
-        out = model(x_t, self.timestep_map.to(t.device)[t], **(model_kwargs or {}))
+        return self._call_model(model, x_t, self.timestep_map.to(t.device)[t], model_kwargs)
+
+    def _call_model(self, model: Callable, x_t: torch.Tensor, t_model: torch.Tensor, model_kwargs: dict | None):
+        """Call the network at ``t_model`` as given (original indices; fractional ones for the ODE solvers of
+        :mod:`~dalle2_edu.diffusion.solvers`) and check its output's shape."""
+        out = model(x_t, t_model, **(model_kwargs or {}))
         expected = list(x_t.shape)
         if self.learned_variance:
             expected[1] *= 2
@@ -155,7 +161,7 @@ class GaussianDiffusion:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             hint = (
                 "with var_type='learned_range' the model must output twice the input channels along dim 1 "
-                "(the mean output, then v in [-1, 1]); build it with learned_sigma=True or use a fixed var_type"
+                "(the mean output, then r in [-1, 1]); build it with learned_sigma=True or use a fixed var_type"
                 if self.learned_variance
                 else f"with var_type={self.var_type!r} the model must output the same shape as x_t "
                 "(if it outputs doubled channels, use var_type='learned_range')"
@@ -249,7 +255,7 @@ class GaussianDiffusion:
         """Turn a raw network output into p(x_{t-1} | x_t): see :meth:`p_mean_variance`."""
         mean_out, var_out = self._split_output(model_output)
         if self.var_type == "learned_range":
-            frac = (var_out + 1) / 2  # v ∈ [-1, 1] → [0, 1]
+            frac = (var_out + 1) / 2  # f = (1 + r)/2: the raw output r ∈ [-1, 1] → [0, 1]
             log_small = self._extract(self.posterior_log_variance_clipped, t, x_t)  # log β̃_t
             log_large = self._extract(torch.log(self.betas), t, x_t)  # log β_t
             log_variance = frac * log_large + (1 - frac) * log_small
@@ -458,6 +464,49 @@ class GaussianDiffusion:
         """DDIM sampling; returns the final x_0. Takes the keywords of :meth:`ddim_sample_loop_progressive`."""
         return _last(self.ddim_sample_loop_progressive(model, shape, eta=eta, noise=noise, **kwargs))["sample"]
 
+    def dpm_solver_sample_loop_progressive(self, model: Callable, shape, steps: int = 20, order: int = 2,
+                                           **kwargs) -> Iterator[dict]:  # fmt: skip
+        """DPM-Solver++ (Lu et al. 2022), multistep of order 1 or 2, in ``steps`` network calls on this process's
+        integer steps; yields ``dict(sample, pred_x0, t)``. Takes the keywords of :meth:`ddim_sample_loop_progressive`
+        but ``eta``; see :func:`~dalle2_edu.diffusion.solvers.dpm_solver_progressive`.
+        """
+        from dalle2_edu.diffusion.solvers import dpm_solver_progressive
+
+        return dpm_solver_progressive(self, model, shape, steps=steps, order=order, **kwargs)
+
+    def dpm_solver_sample_loop(self, model: Callable, shape, steps: int = 20, order: int = 2, **kwargs) -> torch.Tensor:
+        """DPM-Solver++; returns the final x_0. See :meth:`dpm_solver_sample_loop_progressive`."""
+        loop = self.dpm_solver_sample_loop_progressive(model, shape, steps=steps, order=order, **kwargs)
+        return _last(loop)["sample"]
+
+    def euler_sample_loop_progressive(self, model: Callable, shape, steps: int = 20, karras_sigmas: bool = False,
+                                      **kwargs) -> Iterator[dict]:  # fmt: skip
+        """Euler on the probability-flow ODE in σ (Karras et al. 2022), ``steps`` network calls, σ uniform in t or
+        Karras-spaced; see :func:`~dalle2_edu.diffusion.solvers.euler_progressive`."""
+        from dalle2_edu.diffusion.solvers import euler_progressive
+
+        return euler_progressive(self, model, shape, steps=steps, karras_sigmas=karras_sigmas, **kwargs)
+
+    def euler_sample_loop(self, model: Callable, shape, steps: int = 20, karras_sigmas: bool = False,
+                          **kwargs) -> torch.Tensor:  # fmt: skip
+        """Euler; returns the final x_0. See :meth:`euler_sample_loop_progressive`."""
+        loop = self.euler_sample_loop_progressive(model, shape, steps=steps, karras_sigmas=karras_sigmas, **kwargs)
+        return _last(loop)["sample"]
+
+    def heun_sample_loop_progressive(self, model: Callable, shape, steps: int = 19, karras_sigmas: bool = False,
+                                     **kwargs) -> Iterator[dict]:  # fmt: skip
+        """Heun (Karras et al. 2022, Algorithm 1) in ``steps`` network calls (⌊(steps+1)/2⌋ noise levels, 2 calls each
+        but the last); see :func:`~dalle2_edu.diffusion.solvers.heun_progressive`."""
+        from dalle2_edu.diffusion.solvers import heun_progressive
+
+        return heun_progressive(self, model, shape, steps=steps, karras_sigmas=karras_sigmas, **kwargs)
+
+    def heun_sample_loop(self, model: Callable, shape, steps: int = 19, karras_sigmas: bool = False,
+                         **kwargs) -> torch.Tensor:  # fmt: skip
+        """Heun; returns the final x_0. See :meth:`heun_sample_loop_progressive`."""
+        loop = self.heun_sample_loop_progressive(model, shape, steps=steps, karras_sigmas=karras_sigmas, **kwargs)
+        return _last(loop)["sample"]
+
     def ddim_invert(
         self, model: Callable, x0: torch.Tensor, model_kwargs: dict | None = None, progress: bool = False
     ) -> torch.Tensor:
@@ -596,6 +645,14 @@ class GaussianDiffusion:
             "x0_mse": torch.stack(x0_mse[::-1], dim=1),
             "mse": torch.stack(eps_mse[::-1], dim=1),
         }
+
+    def ode_log_likelihood(self, model: Callable, x0: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5,
+                           trace: str = "exact", **kwargs) -> dict:  # fmt: skip
+        """The model's exact log-likelihood of x0 through the probability-flow ODE (nats and bits/dim); see
+        :func:`~dalle2_edu.diffusion.likelihood.ode_log_likelihood`."""
+        from dalle2_edu.diffusion.likelihood import ode_log_likelihood
+
+        return ode_log_likelihood(self, model, x0, rtol=rtol, atol=atol, trace=trace, **kwargs)
 
     # -------------------------------------------------------------------------------------------------- respacing
     def respace(self, use_timesteps) -> GaussianDiffusion:

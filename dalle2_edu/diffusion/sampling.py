@@ -1,7 +1,7 @@
 """The one sampling entry point: every stage, the pipeline, the widgets and the notebooks draw through :func:`sample`.
 
 What used to be written once per stage lives here once: respacing to ``steps``, the seeded noise, the device, the
-network in eval mode (and put back as it was), the DDIM/DDPM switch, the final clamp, and a progress bar that names
+network in eval mode (and put back as it was), the choice of sampler, the final clamp, and a progress bar that names
 what is being drawn::
 
     x = sample(model, gd, (4, 3, 32, 32), steps=25, seed=0, desc="decoder 32x32")
@@ -19,8 +19,18 @@ from torch import nn
 from dalle2_edu.diffusion.gaussian import GaussianDiffusion, _last
 from dalle2_edu.diffusion.schedules import space_timesteps
 
-SAMPLERS = ("ddim", "ddpm")
-"""``"ddim"``: DDIM with η = ``eta`` (0: deterministic given x_T); ``"ddpm"``: ancestral, with the model's variance."""
+SAMPLERS = ("ddim", "ddpm", "dpmpp2m", "euler", "heun")
+"""``"ddim"``: DDIM with η = ``eta`` (0: deterministic given x_T); ``"ddpm"``: ancestral, with the model's variance.
+The fast ODE solvers of :mod:`~dalle2_edu.diffusion.solvers`, deterministic given x_T: ``"dpmpp2m"`` DPM-Solver++(2M),
+``"euler"`` and ``"heun"`` (Karras et al. 2022, σ uniform in t).
+
+What ``steps`` means: for ``ddim``/``ddpm`` the number of steps of the process respaced by Improved DDPM's rule (one
+network call each); for the ODE solvers the number of NETWORK CALLS, on the full process (they pick their own noise
+levels: DPM-Solver++ at integer steps, Euler and Heun at fractional t), so the same ``steps`` costs the same. Heun
+makes 2 calls per noise level but the last: ``steps`` = N visits ⌊(N+1)/2⌋ levels (N - 1 calls when N is even).
+"""
+
+ODE_SAMPLERS = ("dpmpp2m", "euler", "heun")
 
 
 def respaced(gd: GaussianDiffusion, steps: int) -> GaussianDiffusion:
@@ -34,6 +44,14 @@ def check_sampler(sampler: str) -> str:
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     return sampler
+
+
+def max_steps(sampler: str, num_timesteps: int) -> int:
+    """The most ``steps`` :func:`sample` takes with ``sampler`` on a process of T steps: T for ddim, ddpm and
+    euler, T - 1 for dpmpp2m (its steps are distinct integer steps, the jump to σ = 0 being the last), 2T - 1 for
+    heun (T noise levels). Callers that clamp a requested count (``min(steps, max_steps(...))``) use it."""
+    check_sampler(sampler)
+    return {"dpmpp2m": max(1, num_timesteps - 1), "heun": 2 * num_timesteps - 1}.get(sampler, num_timesteps)
 
 
 def _module_of(model: Callable) -> nn.Module | None:
@@ -77,7 +95,13 @@ def sample_progressive(
     :param device: where to sample (default: the network's device, else the noise's, else the CPU).
     """
     check_sampler(sampler)
-    spaced = respaced(gd, gd.num_timesteps if steps is None else steps)
+    if sampler in ODE_SAMPLERS:
+        if eta != 0:
+            raise ValueError(f"eta={eta} applies to sampler='ddim' only; the {sampler!r} sampler is deterministic")
+        spaced, calls = gd, max_steps(sampler, gd.num_timesteps) if steps is None else steps  # checked there
+    else:
+        spaced = respaced(gd, gd.num_timesteps if steps is None else steps)
+        calls = spaced.num_timesteps
     module = _module_of(model)
     device = torch.device(device) if device is not None else _device_of(module, noise)
     shape = tuple(shape)
@@ -86,13 +110,19 @@ def sample_progressive(
     generator = generator if generator is not None else torch.Generator().manual_seed(seed)
     kwargs = dict(noise=noise, clip_denoised=clip_denoised, model_kwargs=model_kwargs, denoised_fn=denoised_fn,
                   generator=generator, device=device, progress=progress,
-                  desc=f"{desc} ({sampler.upper()} {spaced.num_timesteps} steps)" if desc else None)  # fmt: skip
+                  desc=f"{desc} ({sampler.upper()} {calls} steps)" if desc else None)  # fmt: skip
     was_training = module.training if module is not None else False
     if module is not None:
         module.eval()
     try:
         if sampler == "ddim":
             yield from spaced.ddim_sample_loop_progressive(model, shape, eta=eta, **kwargs)
+        elif sampler == "dpmpp2m":
+            yield from spaced.dpm_solver_sample_loop_progressive(model, shape, steps=calls, order=2, **kwargs)
+        elif sampler == "euler":
+            yield from spaced.euler_sample_loop_progressive(model, shape, steps=calls, **kwargs)
+        elif sampler == "heun":
+            yield from spaced.heun_sample_loop_progressive(model, shape, steps=calls, **kwargs)
         else:
             yield from spaced.p_sample_loop_progressive(model, shape, **kwargs)
     finally:
@@ -109,8 +139,9 @@ def sample(model: Callable, gd: GaussianDiffusion, shape, *, clamp: bool = True,
     :param gd: the model's diffusion over all its T steps; respaced here to ``steps``.
     :param shape: of the result, e.g. ``(B, 3, 32, 32)`` or ``(B, d)``.
     :param sampler: one of :data:`SAMPLERS`.
-    :param steps: steps of the respaced process (``None``: all T).
-    :param eta: DDIM's η (0: deterministic given the starting noise).
+    :param steps: steps of the respaced process for ``ddim``/``ddpm``, network calls for the ODE solvers (see
+        :data:`SAMPLERS`; ``None``: all T steps, the most :func:`max_steps` allows for the solvers).
+    :param eta: DDIM's η (0: deterministic given the starting noise); must stay 0 for the ODE solvers.
     :param seed: fixes the starting noise and every step's noise (drawn on the CPU, so the same on any device).
     :param noise: a starting x_T instead of seeded noise (e.g. from DDIM inversion).
     :param clamp: clamp the result to [-1, 1] (pictures); pass False for vectors.

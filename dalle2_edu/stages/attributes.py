@@ -114,7 +114,9 @@ def sample_images(
 ) -> torch.Tensor:
     """Draw one image per row of ``labels``.
 
-    :param sampler: ``"ddim"`` (η = ``eta``) or ``"ddpm"`` (ancestral, with the model's variance).
+    :param sampler: ``"ddim"`` (η = ``eta``), ``"ddpm"`` (ancestral, with the model's variance), or an ODE solver,
+        ``"dpmpp2m"``, ``"euler"``, ``"heun"``, for which ``steps`` counts network calls on the full process (see
+        :data:`~dalle2_edu.diffusion.sampling.SAMPLERS`).
     :param steps: steps of the respaced process (``steps == T`` is the full chain).
     :param guidance_scale: classifier-free guidance scale; 1 is plain conditional sampling.
     :param seed: fixes the starting noise and every step's noise.

@@ -208,7 +208,9 @@ def sample_decoder(
     """Draw one 32×32 image per row of ``image_emb``.
 
     :param steps: steps of the respaced process.
-    :param sampler: ``"ddim"`` (η = ``eta``) or ``"ddpm"`` (ancestral, with the model's variance).
+    :param sampler: ``"ddim"`` (η = ``eta``), ``"ddpm"`` (ancestral, with the model's variance), or an ODE solver,
+        ``"dpmpp2m"``, ``"euler"``, ``"heun"``, for which ``steps`` counts network calls on the full process (see
+        :data:`~dalle2_edu.diffusion.sampling.SAMPLERS`).
     :param guidance_scale: 0 ignores z_i, 1 is plain conditional sampling, > 1 follows z_i more closely.
     :param seed: fixes the starting noise and every step's noise.
     :param noise: (B, 3, H, W) starting x_T instead of seeded noise (e.g. from DDIM inversion, for variations).
