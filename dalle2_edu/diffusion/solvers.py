@@ -25,6 +25,12 @@ second call on every step but the last (which goes to σ = 0, where the correcto
 levels costs 2m - 1 calls; ``steps`` = N gives m = ⌊(N + 1) / 2⌋ levels, i.e. N calls when N is odd and N - 1 when
 it is even.
 
+A limit of Heun on VP schedules: its first step spans σ_max → σ_1 and assumes dx̃/dσ = ε̂ linear in between, but
+ε̂ only changes at small σ, so the step multiplies the change of x̂_0 by about (σ_max - σ_1)/(2σ_1). The cosine
+schedule's last β is capped at 0.999, so σ_max ≈ 2·10⁴ (σ_1 ≈ 5.7 for 10 levels): Heun with few calls then gives
+saturated garbage (so does diffusers' HeunDiscreteScheduler, the same algorithm). The linear schedule (σ_max ≈ 157)
+needs about 40 calls or more. Euler and DPM-Solver++ have no such problem: prefer them on such schedules.
+
 The samplers start from x_T ~ N(0, I) at the process's last step, exactly like DDPM and DDIM (x̃ = √(1 + σ_max²) x_T),
 so that the same noise gives comparable pictures across samplers. They end at σ = 0 with x̃ = x_0 = the last x̂_0.
 """
@@ -271,7 +277,8 @@ def heun_progressive(gd, model, shape, steps=20, karras_sigmas=False, noise=None
 
     Per noise level: the Euler guess x̃' at σ_{i+1}, then x̃_{i+1} = x̃_i + (σ_{i+1} - σ_i) (d_i + d'_{i+1})/2 with
     d' from a second call at (x̃', σ_{i+1}); the last step, to σ = 0, is Euler. m = ⌊(steps + 1)/2⌋ levels cost
-    2m - 1 calls. Yields once per level, like :func:`euler_progressive`.
+    2m - 1 calls. Yields once per level, like :func:`euler_progressive`. Poor with few calls when σ_max is huge
+    (the cosine schedule: ≈ 2·10⁴), see the module docstring.
     """
     check_steps(steps, 2 * gd.num_timesteps - 1, "heun")
     return _karras_loop(gd, model, shape, steps, True, karras_sigmas, noise, clip_denoised, model_kwargs,
