@@ -1,5 +1,6 @@
 """The widgets in a real browser: JupyterLab on a free loopback port, notebook 14 opened in headless Chromium through
-Playwright, every cell run, the explorer's slider dragged, and the picture on screen compared before and after.
+Playwright, every cell run, the explorer's slider dragged, and the picture on screen compared before and after; then
+the playground's first picture picked and "save picked" clicked, and the PNG (with its metadata) found on disk.
 
 Opt-in (``pytest -m browser``); ``make test`` runs it when Chromium is installed (``.ci/run`` installs Debian's).
 Screenshots go to ``$DALLE2_EDU_ARTIFACTS`` (default ``test-artifacts/browser``). Nothing here reaches outside the
@@ -99,7 +100,7 @@ def lab(tmp_path_factory):
                     log.flush()
                     pytest.fail(f"JupyterLab did not start:\n{(tmp / 'lab.log').read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield base, token
+        yield base, token, tmp
     finally:
         stop(server)
         log.close()
@@ -130,7 +131,8 @@ def test_explorer_slider_changes_the_picture_in_jupyterlab(lab, artifacts):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
-    base, token = lab
+    base, token, served = lab
+    saved_folder = served / "notebooks" / "out" / "picked"  # the playground's default "save to", from the kernel's cwd
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -188,6 +190,16 @@ def test_explorer_slider_changes_the_picture_in_jupyterlab(lab, artifacts):
             after = picture(image)
             image.screenshot(path=str(artifacts / "explorer_last_step.png"))
             page.screenshot(path=str(artifacts / "notebook_after_slider.png"), full_page=True)
+
+            # Pick and save in the playground: toggle "pick 1", click "save picked", and the file appears.
+            pick = page.locator("button.jupyter-button", has_text="pick 1").first
+            pick.scroll_into_view_if_needed()
+            pick.click()
+            page.locator("button.jupyter-button", has_text="save picked").first.click()
+            deadline = time.monotonic() + 60
+            while not list(saved_folder.glob("*.png")) and time.monotonic() < deadline:
+                page.wait_for_timeout(500)
+            page.screenshot(path=str(artifacts / "playground_after_save.png"), full_page=True)
         except Exception:
             page.screenshot(path=str(artifacts / "failure.png"), full_page=True)
             raise
@@ -197,3 +209,9 @@ def test_explorer_slider_changes_the_picture_in_jupyterlab(lab, artifacts):
     change = np.abs(before - after).mean()
     # noise at step 0 against finished products at the end: a large change, far above rendering jitter
     assert change > 20, f"the explorer's picture barely changed ({change:.1f} of 255 on average)"
+    from dalle2_edu.provenance import read_metadata
+
+    saved = sorted(saved_folder.glob("*.png"))
+    assert len(saved) == 1, f"clicking 'save picked' with picture 1 picked wrote {len(saved)} files in {saved_folder}"
+    meta = read_metadata(saved[0])
+    assert meta["generated-by"] == "dalle2_edu" and meta["prompt"] == "a blue t-shirt with dots, white background"
