@@ -264,6 +264,9 @@ MODEL_KINDS: dict[str, str] = {
     "upsampler": "dalle2_edu.stages.upsampler:build_upsampler",
     "image_model": "dalle2_edu.stages.attributes:build_image_model",
     "attribute_classifier": "dalle2_edu.metrics:build_attribute_classifier",
+    "vqvae": "dalle2_edu.stages.vqvae:build_vqvae",
+    "autoregressive": "dalle2_edu.stages.autoregressive:build_autoregressive",
+    "latent_diffusion": "dalle2_edu.stages.latent:build_latent_diffusion",
 }
 """The registry of model kinds: the key a weights file's config is stored under → ``module:function`` that builds the
 (untrained) model from that config. Every shipped model is saved by :func:`save_model` and loaded by

@@ -7,4 +7,7 @@ sees) and a thin ``sample``; how each trains under a recipe and is graded lives 
 * :mod:`~dalle2_edu.stages.decoder`: pictures from CLIP image embeddings, with guidance (notebook 09)
 * :mod:`~dalle2_edu.stages.prior`: CLIP image embeddings from text (notebook 10)
 * :mod:`~dalle2_edu.stages.upsampler`: 32 → 64 (notebook 12)
+* :mod:`~dalle2_edu.stages.vqvae`: 32×32 pictures ↔ 8×8 codebook tokens, shared by the two latent roads
+* :mod:`~dalle2_edu.stages.autoregressive`: caption → image tokens with a causal transformer (DALL·E's road)
+* :mod:`~dalle2_edu.stages.latent`: latent diffusion on the VQ-VAE's latents (the third road)
 """
