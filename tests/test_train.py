@@ -88,7 +88,18 @@ def test_resume_gives_the_same_continuation_as_an_unbroken_run(tmp_path):
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 20
 
 
-def test_ctrl_c_saves_a_whole_step_and_resumes_exactly(tmp_path):
+@pytest.fixture
+def ctrl_c_reaches_python():
+    """Ctrl-C as a terminal delivers it. A shell without job control starts background jobs (``cmd &``, a CI step run
+    that way) with SIGINT *ignored*, and the Trainer rightly leaves ignored signals alone; these tests are about a
+    user pressing Ctrl-C, so they install Python's default handler for their duration and put the old one back."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_saves_a_whole_step_and_resumes_exactly(tmp_path, ctrl_c_reaches_python):
     calls = []
 
     def interrupting_loss(model, x):
@@ -548,7 +559,7 @@ def test_sigterm_saves_the_step_in_progress_and_exits_non_zero(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "checkpoint.pt"]
 
 
-def test_a_second_ctrl_c_stops_at_once_without_saving_a_half_step(tmp_path):
+def test_a_second_ctrl_c_stops_at_once_without_saving_a_half_step(tmp_path, ctrl_c_reaches_python):
     calls = []
 
     def twice_interrupted_loss(model, x):
