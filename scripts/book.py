@@ -128,9 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.fast and not args.times_only:
         raise SystemExit("error: the rendered copies are full-mode runs; use --fast only with --times-only")
     mode = "fast" if args.fast else "full"
+    from nbclient.exceptions import CellExecutionError
+
+    failed = []
     for path in notebooks(args.notebooks):
         print(f"{path.name}: running in {mode} mode ...", flush=True)
-        nb, seconds = execute(path, args.fast, args.timeout)
+        try:
+            nb, seconds = execute(path, args.fast, args.timeout)
+        except CellExecutionError as err:  # keep going: one broken notebook should not cost the others' hours
+            failed.append(path.name)
+            print(f"{path.name}: FAILED, nothing written for it\n{str(err)[-3000:]}", flush=True)
+            continue
         record(path.name, mode, seconds)
         if not args.times_only:
             import nbformat
@@ -139,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             nb.metadata["dalle2_edu_book"] = stamp
             write_atomic(BOOK / path.name, nbformat.writes(nb) + "\n")
         print(f"{path.name}: {fmt(seconds)}", flush=True)
+    if failed:
+        print(f"error: {len(failed)} notebook(s) failed: {', '.join(failed)}; fix them and run "
+              f"`make book NB=\"{' '.join(n[:2] for n in failed)}\"`", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -53,8 +53,9 @@ __all__ = ["LatentDiffusion", "LatentDiffusionConfig", "encode_latents", "latent
 
 
 def default_latent_unet() -> dict:
-    """A UNet for 8×8 latents: two levels (8 and 4 px), width 64, attention at both, about 1.4M parameters
-    (``in_channels`` and ``out_channels`` are set from ``latent_dim``)."""
+    """A UNet for 8×8 latents: two levels (8 and 4 px), width 64, attention at both; with the default conditioning
+    the whole :class:`LatentDiffusion` has about 4.6 M parameters (``benchmarks/three_roads.py`` uses width 32, about
+    1.2 M, to match the other roads). ``in_channels`` and ``out_channels`` are set from ``latent_dim``."""
     return UNetConfig(model_channels=64, channel_mult=(1, 2), num_res_blocks=2, attention_resolutions=(8, 4),
                       num_heads=4, image_size=8).to_dict()  # fmt: skip
 
