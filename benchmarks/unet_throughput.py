@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -101,6 +102,44 @@ def time_ddim(model, fwd, fmt, amp):
     return BATCH / (time.perf_counter() - start)
 
 
+def cpu_bf16_flags() -> dict:
+    """What the CPU says about bf16: the /proc/cpuinfo flags that give native bf16 matmuls (AMX tiles, AVX-512 BF16)
+    and the vector ISA torch dispatches to. Without them torch still runs bf16, converting to fp32 in software."""
+    try:
+        flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
+    except (OSError, AttributeError):
+        flags = set()
+    return {"amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
+
+
+def matmul_peaks(n: int = 2048, repeats: int = 5) -> dict:
+    """GFLOP/s of an n×n matmul in fp32 and in bf16 (median of ``repeats``): the two ceilings a training step is
+    measured against."""
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        out[name] = round(2 * n**3 / statistics.median(times) / 1e9, 1)
+    return {"gflops": out, "size": n, **cpu_bf16_flags()}
+
+
+def training_flops_per_picture(model, fwd) -> float:
+    """FLOPs of one training step (forward + backward) per picture, counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, t = torch.randn(BATCH, 3, SIZE, SIZE), torch.randint(0, 1000, (BATCH,))
+    with FlopCounterMode(display=False) as counter:
+        fwd(x, t).float().square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / BATCH
+
+
 def peak_training_memory(steps: int = 20) -> dict:
     """Peak RSS of a fresh process that trains the default image model for ``steps`` steps (batch 64), and of one
     that only imports and builds it: the difference is what training adds. Read from VmHWM (the high-water mark of
@@ -179,6 +218,14 @@ def main():
         "train": round(med(train[best]) / med(train["diffusers"]), 3),
         "ddim50": round(max(med(sample[n]) for n in names if n.startswith("ours")) / med(sample["diffusers"]), 3),
     }
+    peaks = matmul_peaks()
+    flops = training_flops_per_picture(variants["ours"][0], variants["ours"][1])
+    achieved = {n: round(med(train[n]) * flops / 1e9, 1) for n in names if n.startswith("ours")}
+    result["matmul_peaks"] = peaks
+    result["training_gflop_per_picture"] = round(flops / 1e9, 3)
+    result["training_gflops_achieved"] = achieved
+    result["fraction_of_peak"] = {n: {k: round(g / peaks["gflops"][k], 3) for k in ("fp32", "bf16")}
+                                  for n, g in achieved.items()}  # fmt: skip
     result["peak_memory"] = peak_training_memory()
     result["max_rss_this_process_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -314,7 +314,8 @@ def _train(args, stages: str, steps, command: str) -> dict:
     _set_threads()
     runner = Runner(recipe=args.recipe, data=args.data, out=args.out, device=args.device, seed=args.seed,
                     steps=steps, command=command, progress=not args.no_progress,
-                    overwrite_shipped=args.overwrite_shipped, init_decoder=args.init_decoder)  # fmt: skip
+                    overwrite_shipped=args.overwrite_shipped, init_decoder=args.init_decoder,
+                    precision=args.precision)  # fmt: skip
     return runner.run(stages)
 
 
@@ -448,6 +449,9 @@ def _parser() -> argparse.ArgumentParser:
                                                     "(default: the project's product catalogue)")  # fmt: skip
         p.add_argument("--out", default="runs/fast", help="checkpoint folder (resumable: run again to continue)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: each process its GPU)")
+        p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                       help="auto: bf16/fp16 mixed precision on a GPU, fp32 on the CPU; bf16 forces bf16 autocast "
+                            "(CUDA or a CPU with AMX / AVX-512 BF16); fp32 turns mixed precision off")  # fmt: skip
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--overwrite-shipped", action="store_true",
                        help="allow --out to be data/checkpoints, replacing the shipped weights")  # fmt: skip

@@ -6,7 +6,8 @@ loss, and the trainer does the rest:
 * draws batches itself (shuffled epochs, from its own seeded ``torch.Generator``) and moves them to the device,
 * AdamW with a linear learning-rate warm-up (then constant, or a cosine decay), gradient-norm clipping,
 * an exponential moving average (EMA) of the weights, which is what sampling code should use,
-* mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler); plain fp32 elsewhere,
+* mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler), bf16 on the CPU when asked for;
+  plain fp32 otherwise,
 * a progress bar, a loss history, sample grids every ``sample_every`` steps,
 * atomic checkpoints that resume *exactly* (same batches, same dropout masks, same noise) as an unbroken run,
 * a clear stop on NaN/inf losses, and a checkpoint on Ctrl-C or SIGTERM so that nothing trained is lost,
@@ -46,7 +47,7 @@ from tqdm.auto import tqdm
 from dalle2_edu import distributed as dist_utils
 from dalle2_edu.checkpoint import _check_json, load_checkpoint, save_checkpoint, save_weights
 from dalle2_edu.runlock import RunLock, RunLockError
-from dalle2_edu.utils import get_device, set_seed
+from dalle2_edu.utils import get_device, resolve_precision, set_seed
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LR_SCHEDULES = ("constant", "cosine")
@@ -84,7 +85,9 @@ class Trainer:
         keeps 0.999^1500 ≈ 22% of a zero-output UNet's start) predicts too little noise and samples stay noisy.
     :param device: ``"auto"`` (CUDA, then MPS, then CPU), or any torch device. In distributed training on GPUs,
         ``"auto"`` and ``"cuda"`` mean this process's GPU (``cuda:LOCAL_RANK``, set by ``init_distributed``).
-    :param amp: mixed precision, used only on CUDA (bf16 if the GPU supports it, otherwise fp16 with a GradScaler).
+    :param amp: mixed precision: ``True`` / ``"auto"`` (bf16 on CUDA if the GPU supports it, otherwise fp16 with a
+        GradScaler; fp32 on the CPU), ``False`` / ``"fp32"``, ``"bf16"`` (CUDA or CPU) or ``"fp16"`` (CUDA). See
+        :func:`dalle2_edu.utils.resolve_precision`.
     :param seed: one seed for everything: Python's, NumPy's and torch's generators (seeded here, at construction) and
         the trainer's own batch generator.
     :param out_dir: folder for ``checkpoint.pt`` and ``samples/``; ``None`` saves nothing. ``fit`` locks it (see
@@ -157,7 +160,7 @@ class Trainer:
         ema_start: int = 0,
         ema_warmup: bool = True,
         device: str | torch.device = "auto",
-        amp: bool = True,
+        amp: bool | str = True,
         seed: int = 0,
         out_dir: str | os.PathLike | None = None,
         ckpt_every: int | None = 1000,
@@ -257,8 +260,8 @@ class Trainer:
             self.ema_model.load_state_dict(self.model.state_dict())
         self.optimizer = torch.optim.AdamW(self._params, lr=lr, betas=self.betas, weight_decay=weight_decay)
 
-        use_amp = amp and self.device.type == "cuda"
-        self.amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
+        self.amp_dtype = resolve_precision(amp, self.device)
+        amp = {"auto": True, "fp32": False}.get(amp, amp) if isinstance(amp, str) else amp  # as runs recorded it
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         hparams = dict(
@@ -428,7 +431,8 @@ class Trainer:
         if self.distributed:
             set_seed(self._rank_seed(self.step))  # resumable per-rank noise: depends on (seed, rank, step) only
         self.optimizer.zero_grad(set_to_none=True)  # gradients stay in .grad after the step, handy for inspection
-        autocast = torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype
+                    else contextlib.nullcontext())  # fmt: skip
         with autocast:
             out = self.loss_fn(self.model, batch) if self._ddp is None else self._ddp(batch, self.loss_fn)
             loss, logs = _split_loss(out)

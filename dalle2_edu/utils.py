@@ -88,6 +88,65 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""What ``Trainer(amp=...)`` and ``train --precision`` take (``True`` means "auto", ``False`` means "fp32")."""
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 matrix products in hardware: the ``amx_bf16`` (Intel AMX tiles) or
+    ``avx512_bf16`` flag in /proc/cpuinfo. Without either, torch still runs bf16 on the CPU but converts to fp32 in
+    software: on an AVX2-only CPU a 2048² bf16 matmul measured about 20× slower than fp32 (docs/BENCHMARKS.md §2).
+    ``cpuinfo``: the text to read instead of /proc/cpuinfo (tests)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    lines = [line for line in cpuinfo.splitlines() if line.startswith("flags") and ":" in line]
+    flags = {flag for line in lines for flag in line.split(":", 1)[1].split()}
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def resolve_precision(amp: bool | str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` on ``device``, or ``None`` for plain fp32.
+
+    * ``"auto"`` (or ``True``): on CUDA bf16 where the GPU supports it, otherwise fp16 (with a gradient scaler); fp32
+      on the CPU and on MPS. (bf16 autocast on CPUs with native bf16 is a measured candidate for the CPU default,
+      not yet the default: its loss curves have not been checked against fp32 on such a CPU.)
+    * ``"fp32"`` (or ``False``): no autocast anywhere.
+    * ``"bf16"``: bf16 autocast on CUDA and on the CPU (a warning on a CPU without native bf16: it runs, slowly).
+    * ``"fp16"``: CUDA only.
+
+    Losses stay in fp32 either way: the diffusion losses upcast the network's output before any VLB term.
+    """
+    name = {True: "auto", False: "fp32"}.get(amp, amp) if isinstance(amp, bool) else amp
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {amp!r}; use one of {', '.join(PRECISIONS)} (or True / False)")
+    if name == "fp32" or device.type not in ("cuda", "cpu"):
+        if name in ("bf16", "fp16") and device.type not in ("cuda", "cpu"):
+            raise ValueError(f"precision {name!r} is not supported on {device.type}; use 'auto' or 'fp32'")
+        return None
+    if device.type == "cuda":
+        if name == "bf16" and not torch.cuda.is_bf16_supported():
+            raise ValueError("this GPU does not support bf16; use --precision fp16 or auto")
+        if name == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if name == "bf16" else torch.float16
+    if name == "fp16":
+        raise ValueError("fp16 autocast is for CUDA GPUs; on the CPU use --precision bf16 or fp32")
+    if name == "bf16":
+        if not cpu_has_native_bf16():
+            import warnings
+
+            warnings.warn(
+                "bf16 was asked for on a CPU without native bf16 (no amx_bf16 / avx512_bf16 in /proc/cpuinfo): it runs "
+                "in software, many times slower than fp32; use --precision fp32 (or auto) on this CPU",
+                stacklevel=3,
+            )
+        return torch.bfloat16
+    return None  # auto on the CPU
+
+
 def fast_mode() -> bool:
     """True when the environment variable ``DALLE2_EDU_FAST`` is set to a true value (1, true, yes).
 

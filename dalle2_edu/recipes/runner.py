@@ -170,12 +170,16 @@ class Runner:
     def __init__(self, *, recipe: str = "fast", data: str | Path | None = None, out: str | Path = "runs/fast",
                  device: str = "auto", seed: int = 0, steps: int | dict | None = None, command: str | None = None,
                  progress: bool = True, overwrite_shipped: bool = False,
-                 init_decoder: str | Path | None = None):  # fmt: skip
+                 init_decoder: str | Path | None = None, precision: str = "auto"):  # fmt: skip
         from dalle2_edu.validate import check_seed
 
         if recipe not in RECIPES:
             raise TrainingError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-        self.recipe, self.device, self.steps = recipe, device, steps
+        from dalle2_edu.utils import PRECISIONS
+
+        if precision not in PRECISIONS:
+            raise TrainingError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        self.recipe, self.device, self.steps, self.precision = recipe, device, steps, precision
         self.seed = check_seed(seed)
         self.out, self.data_path = Path(out), None if data is None else Path(data)
         self.command = command or "python -m dalle2_edu train"
@@ -277,6 +281,8 @@ class Runner:
         against = {"data": data.fingerprint, "settings": settings.to_dict(), "seed": self.seed, "upstream": upstream}
         if stage == "decoder" and self.init_decoder is not None:
             against["init_decoder"] = _digest(self.init_decoder)
+        if self.precision != "auto":  # a forced precision is part of what was trained (auto: as every run before it)
+            against["precision"] = self.precision
         return against
 
     def train_stage(self, stage: str, data: TrainingSet) -> dict:
@@ -304,8 +310,8 @@ class Runner:
         barrier()
         self.say(f"{stage}: {settings.steps} steps, batch {settings.batch_size}, lr {settings.lr:g} "
                  f"({self.recipe} recipe) on {data.name}; checkpoints in {run_dir}")  # fmt: skip
-        ctx = StageContext(stage, settings, data, self.out, run_dir, device=self.device, seed=self.seed,
-                           progress=self.progress, quick=self.recipe == "tiny",
+        ctx = StageContext(stage, settings, data, self.out, run_dir, device=self.device, precision=self.precision,
+                           seed=self.seed, progress=self.progress, quick=self.recipe == "tiny",
                            init_decoder=self.init_decoder if stage == "decoder" else None)  # fmt: skip
         train, grade = STAGES[stage]
         start = time.perf_counter()

@@ -27,6 +27,7 @@ class StageContext:
     out: Path  # the checkpoint folder: upstream weights are read from it, this stage's written to it
     run_dir: Path | None  # resumable Trainer checkpoints (None on ranks that must not write)
     device: str = "auto"
+    precision: str = "auto"  # the Trainer's amp: auto, fp32, bf16, fp16 (dalle2_edu.utils.resolve_precision)
     seed: int = 0
     progress: bool = True
     cache: dict = field(default_factory=dict)
@@ -47,7 +48,7 @@ def _merge(base: dict, changes: dict) -> dict:
 
 
 def _trainer_kwargs(ctx: StageContext) -> dict:
-    return dict(ctx.settings.trainer_kwargs(), device=ctx.device, desc=f"training {ctx.stage}")
+    return dict(ctx.settings.trainer_kwargs(), device=ctx.device, amp=ctx.precision, desc=f"training {ctx.stage}")
 
 
 def embeddings(ctx: StageContext) -> dict:
