@@ -52,3 +52,10 @@ def test_rendered_copy_ran_in_full_mode_without_errors(copy):
         assert not errors, f"{copy.name}: code cell {i} shows an error ({errors[0].get('ename')}); fix and re-render"
     mode = nb["metadata"].get("dalle2_edu_book", {}).get("mode")
     assert mode == "full", f"{copy.name}: rendered in {mode!r} mode, the book shows full mode; re-render it"
+
+
+def test_every_notebook_has_a_rendered_copy():
+    copies = {p.name for p in COPIES}
+    missing = [p.name for p in SOURCES if p.name not in copies]
+    fix = " ".join(name[:2] for name in missing)
+    assert not missing, f"notebooks without a rendered copy in docs/book: {missing}; render them: make book NB='{fix}'"
