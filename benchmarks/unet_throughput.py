@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -102,17 +101,6 @@ def time_ddim(model, fwd, fmt, amp):
     return BATCH / (time.perf_counter() - start)
 
 
-def cpu_bf16_flags() -> dict:
-    """What the CPU says about bf16: the /proc/cpuinfo flags that give native bf16 matmuls (AMX tiles, AVX-512 BF16)
-    and the vector ISA torch dispatches to. Without them torch still runs bf16, converting to fp32 in software."""
-    try:
-        flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M).group(1).split())
-    except (OSError, AttributeError):
-        flags = set()
-    return {"amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
-
-
 def matmul_peaks(n: int = 2048, repeats: int = 5) -> dict:
     """GFLOP/s of an n×n matmul in fp32 and in bf16 (median of ``repeats``): the two ceilings a training step is
     measured against."""
@@ -126,7 +114,10 @@ def matmul_peaks(n: int = 2048, repeats: int = 5) -> dict:
             a @ b
             times.append(time.perf_counter() - start)
         out[name] = round(2 * n**3 / statistics.median(times) / 1e9, 1)
-    return {"gflops": out, "size": n, **cpu_bf16_flags()}
+    from dalle2_edu.utils import cpu_has_native_bf16
+
+    return {"gflops": out, "size": n, "native_bf16": cpu_has_native_bf16(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
 
 
 def training_flops_per_picture(model, fwd) -> float:

@@ -369,6 +369,7 @@ def _evaluate(args) -> dict:
 def _parser() -> argparse.ArgumentParser:
     from dalle2_edu.diffusion.sampling import SAMPLERS
     from dalle2_edu.recipes.settings import RECIPES, STAGE_FILES
+    from dalle2_edu.utils import PRECISIONS
 
     steps_help = "decoder steps (DDIM's; network calls for dpmpp2m, euler, heun)"
     sampler_help = "ddim (default), ddpm, or a fast ODE solver: dpmpp2m (DPM-Solver++), euler, heun"
@@ -449,7 +450,7 @@ def _parser() -> argparse.ArgumentParser:
                                                     "(default: the project's product catalogue)")  # fmt: skip
         p.add_argument("--out", default="runs/fast", help="checkpoint folder (resumable: run again to continue)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: each process its GPU)")
-        p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+        p.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="auto: bf16/fp16 mixed precision on a GPU, fp32 on the CPU; bf16 forces bf16 autocast "
                             "(CUDA or a CPU with AMX / AVX-512 BF16); fp32 turns mixed precision off")  # fmt: skip
         p.add_argument("--seed", type=int, default=0)

@@ -95,7 +95,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """Whether this CPU computes bf16 matrix products in hardware: the ``amx_bf16`` (Intel AMX tiles) or
     ``avx512_bf16`` flag in /proc/cpuinfo. Without either, torch still runs bf16 on the CPU but converts to fp32 in
-    software: on an AVX2-only CPU a 2048² bf16 matmul measured about 20× slower than fp32 (docs/BENCHMARKS.md §2).
+    software: on an AVX2-only CPU a 256² bf16 matmul measured about 20× slower than fp32 (docs/BENCHMARKS.md §2).
     ``cpuinfo``: the text to read instead of /proc/cpuinfo (tests)."""
     if cpuinfo is None:
         try:
@@ -122,10 +122,12 @@ def resolve_precision(amp: bool | str, device: torch.device) -> torch.dtype | No
     name = {True: "auto", False: "fp32"}.get(amp, amp) if isinstance(amp, bool) else amp
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {amp!r}; use one of {', '.join(PRECISIONS)} (or True / False)")
-    if name == "fp32" or device.type not in ("cuda", "cpu"):
-        if name in ("bf16", "fp16") and device.type not in ("cuda", "cpu"):
-            raise ValueError(f"precision {name!r} is not supported on {device.type}; use 'auto' or 'fp32'")
+    if name == "fp32":
         return None
+    if device.type not in ("cuda", "cpu"):
+        if name == "auto":
+            return None
+        raise ValueError(f"precision {name!r} is not supported on {device.type}; use 'auto' or 'fp32'")
     if device.type == "cuda":
         if name == "bf16" and not torch.cuda.is_bf16_supported():
             raise ValueError("this GPU does not support bf16; use --precision fp16 or auto")
