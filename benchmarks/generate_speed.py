@@ -1,0 +1,102 @@
+"""How long ``generate`` takes for 4 pictures after loading: today's defaults against the settings of 2026-12-03.
+
+Issue 13, goal 3: ``UnCLIP.generate(prompt, n=4)`` (prior + decoder + upsampler, shipped weights) at least 2× faster
+than the defaults it had on 2026-12-03 (DDIM: decoder 25 guided steps, upsampler 10 steps; prior 64 DDIM steps,
+best of 2), measured side by side in one run. Both settings are timed in the same process, interleaved round-robin
+(old, new, old, new, ...) so that a change in the machine's load hits both alike; the median of ``--repeats`` runs
+is reported, with each stage's share (``Generation.timings``), after one untimed warm-up run of each.
+
+The pictures' quality at each setting is measured separately, by ``benchmarks/unclip_eval.py`` (rows ``main``: the
+current defaults, and ``main-2026-12-03``: the old ones) and ``benchmarks/sampler_sweep.py`` (the decoder's FID
+per network call); docs/BENCHMARKS.md §3.5 puts them together.
+
+    python benchmarks/generate_speed.py                 # 2 threads, 5 repeats: about a minute
+    python benchmarks/generate_speed.py --threads 1 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from dalle2_edu.pipeline import UnCLIP
+
+OLD_DEFAULTS = dict(sampler="ddim", steps=25, upsample_steps=10, prior_steps=64, n_candidates=2, guidance_scale=3.0)
+"""``generate``'s defaults on 2026-12-03, before issue 13 (written out, so the comparison survives later changes)."""
+
+COMPARED = tuple(OLD_DEFAULTS)
+
+
+def current_defaults() -> dict:
+    """``generate``'s defaults now, for the settings :data:`OLD_DEFAULTS` names (read from its signature)."""
+    params = inspect.signature(UnCLIP.generate).parameters
+    return {k: params[k].default for k in COMPARED}
+
+
+def time_once(pipe: UnCLIP, prompt: str, n: int, seed: int, settings: dict) -> dict:
+    start = time.perf_counter()
+    out = pipe.generate(prompt, n=n, seed=seed, **settings)
+    total = time.perf_counter() - start
+    return {"total_s": total, **{k: float(v) for k, v in out.timings.items()}}
+
+
+def median_row(runs: list[dict]) -> dict:
+    return {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoints", default="data/checkpoints")
+    parser.add_argument("--prompt", default="a red mug on a white background")
+    parser.add_argument("--n", type=int, default=4, help="pictures per call (default 4, as the issue asks)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of each setting (median reported)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default="docs/benchmarks/generate_speed.json")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.n < 1 or args.threads < 1:
+        parser.error("--repeats, --n and --threads must each be at least 1")
+    torch.set_num_threads(args.threads)
+    pipe = UnCLIP.from_pretrained(args.checkpoints)
+    settings = {"2026-12-03 defaults": dict(OLD_DEFAULTS), "current defaults": current_defaults()}
+    with torch.no_grad():
+        for s in settings.values():  # warm-up: first calls pay for lazy initialisation
+            time_once(pipe, args.prompt, args.n, args.seed, s)
+        runs: dict[str, list[dict]] = {name: [] for name in settings}
+        for _ in range(args.repeats):
+            for name, s in settings.items():
+                runs[name].append(time_once(pipe, args.prompt, args.n, args.seed, s))
+    rows = {name: {"settings": settings[name], **median_row(r)} for name, r in runs.items()}
+    old, new = rows["2026-12-03 defaults"]["total_s"], rows["current defaults"]["total_s"]
+    stages = [k for k in rows["current defaults"] if k not in ("settings", "total_s")]
+    lines = ["| settings | " + " | ".join(stages) + " | total (s) | speed-up |", "|---|" + "---:|" * (len(stages) + 2)]
+    for name, row in rows.items():
+        described = ", ".join(f"{k}={v}" for k, v in row["settings"].items())
+        lines.append(f"| {name}: {described} | " + " | ".join(f"{row[k]:.3f}" for k in stages)
+                     + f" | {row['total_s']:.3f} | {old / row['total_s']:.2f}× |")  # fmt: skip
+    report = {
+        "command": "python benchmarks/generate_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {args.threads} torch threads, torch {torch.__version__}",
+        "prompt": args.prompt, "n": args.n, "repeats": args.repeats,
+        "rows": rows, "speedup": round(old / new, 3), "markdown": "\n".join(lines),
+    }  # fmt: skip
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(report["markdown"])
+    print(f"speed-up of the current defaults: {report['speedup']:.2f}× (written to {out})")
+    return report
+
+
+if __name__ == "__main__":
+    main()

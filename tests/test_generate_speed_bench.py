@@ -1,0 +1,53 @@
+"""benchmarks/generate_speed.py: the old settings it compares against are real ``generate`` arguments, and one tiny
+run (1 picture, 1 repeat, 1 thread) writes both rows with every stage's time."""
+
+import importlib.util
+import inspect
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle2_edu.pipeline import UnCLIP
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "generate_speed.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("generate_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_old_defaults_are_generate_arguments_and_current_defaults_are_read_from_the_signature():
+    bench = _load()
+    params = inspect.signature(UnCLIP.generate).parameters
+    assert set(bench.OLD_DEFAULTS) <= set(params)
+    assert bench.current_defaults() == {k: params[k].default for k in bench.OLD_DEFAULTS}
+
+
+def test_tiny_run_times_both_settings(tmp_path):
+    bench = _load()
+    threads = torch.get_num_threads()
+    try:
+        report = bench.main(["--n", "1", "--repeats", "1", "--threads", "1", "--json", str(tmp_path / "speed.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "speed.json").read_text()) == report
+    rows = report["rows"]
+    assert set(rows) == {"2026-12-03 defaults", "current defaults"}
+    for row in rows.values():
+        for key in ("total_s", "prior_s", "decoder_s", "upsampler_s"):
+            assert math.isfinite(row[key]) and row[key] >= 0, (key, row)
+        assert row["prior_s"] + row["decoder_s"] + row["upsampler_s"] <= row["total_s"] * 1.01 + 1e-3
+    old, new = rows["2026-12-03 defaults"]["total_s"], rows["current defaults"]["total_s"]
+    assert report["speedup"] == pytest.approx(old / new, rel=1e-2)
+
+
+def test_bad_arguments_stop_with_a_message(tmp_path):
+    bench = _load()
+    with pytest.raises(SystemExit):
+        bench.main(["--repeats", "0", "--json", str(tmp_path / "x.json")])
