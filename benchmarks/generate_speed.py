@@ -6,11 +6,14 @@ best of 2), measured side by side in one run. Both settings are timed in the sam
 (old, new, old, new, ...) so that a change in the machine's load hits both alike; the median of ``--repeats`` runs
 is reported, with each stage's share (``Generation.timings``), after one untimed warm-up run of each.
 
-The pictures' quality at each setting is measured separately, by ``benchmarks/unclip_eval.py`` (rows ``main``: the
-current defaults, and ``main-2026-12-03``: the old ones) and ``benchmarks/sampler_sweep.py`` (the decoder's FID
-per network call); docs/BENCHMARKS.md §3.5 puts them together.
+``--upsampler-quality N`` also grades the 32→64 upsampler at each setting's sampler and steps on N test pictures
+(blurred by σ = 0.5 first, as a decoder's softer pictures: :func:`~dalle2_edu.stages.upsampler.evaluate_upsampler`):
+PSNR against the real 64×64 pictures, sharpness and consistency. The rest of the pictures' quality at each setting is
+measured by ``benchmarks/unclip_eval.py`` (rows ``main``: the current defaults, and ``main-2026-12-03``: the old
+ones) and ``benchmarks/sampler_sweep.py`` (the decoder's FID per network call); docs/BENCHMARKS.md §3.5 puts them
+together.
 
-    python benchmarks/generate_speed.py                 # 2 threads, 5 repeats: about a minute
+    python benchmarks/generate_speed.py --upsampler-quality 128   # 2 threads, 5 repeats: about two minutes
     python benchmarks/generate_speed.py --threads 1 --repeats 3
 """
 
@@ -61,10 +64,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each setting (median reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--upsampler-quality", type=int, default=0, metavar="N",
+                        help="also grade the upsampler at each setting on N test pictures (default 0: skip)")
     parser.add_argument("--json", default="docs/benchmarks/generate_speed.json")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.n < 1 or args.threads < 1:
-        parser.error("--repeats, --n and --threads must each be at least 1")
+    if args.repeats < 1 or args.n < 1 or args.threads < 1 or args.upsampler_quality < 0:
+        parser.error("--repeats, --n and --threads must each be at least 1, --upsampler-quality at least 0")
     torch.set_num_threads(args.threads)
     pipe = UnCLIP.from_pretrained(args.checkpoints)
     settings = {"2026-12-03 defaults": dict(OLD_DEFAULTS), "current defaults": current_defaults()}
@@ -76,6 +81,18 @@ def main(argv: list[str] | None = None) -> dict:
             for name, s in settings.items():
                 runs[name].append(time_once(pipe, args.prompt, args.n, args.seed, s))
     rows = {name: {"settings": settings[name], **median_row(r)} for name, r in runs.items()}
+    if args.upsampler_quality:
+        from dalle2_edu.stages.upsampler import evaluate_upsampler
+
+        model, gd = pipe.upsampler
+        for name, s in settings.items():
+            graded = evaluate_upsampler(model, gd, n=args.upsampler_quality, steps=s["upsample_steps"],
+                                        sampler=s["sampler"], input_blur=0.5, seed=args.seed)  # fmt: skip
+            rows[name]["upsampler_quality"] = graded
+            d = graded["diffusion"]
+            print(f"{name}: upsampler {s['sampler']}-{s['upsample_steps']}: PSNR {d['psnr_db']:.2f} ± "
+                  f"{d['psnr_db_se']:.2f} dB, sharpness {d['sharpness_ratio']:.2f}, consistency "
+                  f"{d['consistency_psnr_db']:.1f} dB")  # fmt: skip
     old, new = rows["2026-12-03 defaults"]["total_s"], rows["current defaults"]["total_s"]
     stages = [k for k in rows["current defaults"] if k not in ("settings", "total_s")]
     lines = ["| settings | " + " | ".join(stages) + " | total (s) | speed-up |", "|---|" + "---:|" * (len(stages) + 2)]

@@ -47,7 +47,9 @@ FORMAT_VERSION = 1
 """Bumped when the metadata changes in a way older readers would misread."""
 STAGES = ("clip", "prior", "decoder", "upsampler", "upsampler128")
 DEFAULT_SAMPLER = "ddim"
-"""The sampler the pipeline's stages run unless a call names another."""
+"""The sampler a record without one stands for: every operation drew with DDIM before the sampler became a setting,
+and the edits (variations, interpolation, text diffs, inpainting) still do. ``generate``'s own default may differ
+(it is recorded with every call), so a picture whose metadata names no sampler is redrawn with this one."""
 REDRAWABLE_EDITS = ("variations", "text_diff", "inpaint")
 """Edits that :func:`redraw` repeats, when the metadata records the picture they started from."""
 _HEAD = ("generated-by", "format", "version", "operation", "prompt", "index", "seed", "sampler", "steps",
@@ -338,6 +340,8 @@ def _call_kwargs(method, meta: dict, skip: tuple[str, ...]) -> dict:
     params = inspect.signature(method).parameters
     kwargs = {k: v for k, v in meta.items() if k in params and k not in skip}
     sampler = meta.get("sampler", DEFAULT_SAMPLER)
+    if "sampler" in params:
+        kwargs["sampler"] = sampler  # not the method's current default: a record without one was drawn with DDIM
     if sampler != DEFAULT_SAMPLER and "sampler" not in params:
         raise ValueError(f"the picture was drawn with the {sampler!r} sampler, which this version of dalle2_edu's "
                          f"{method.__name__} does not offer; use the dalle2_edu {meta.get('version')} it was drawn with")  # fmt: skip  # noqa: E501

@@ -187,34 +187,43 @@ class DenoisingExplorer:
         seed: int = 0,
         device="cpu",
         noise: torch.Tensor | None = None,
+        sampler: str = "ddim",
         **kwargs,
     ):
-        """DDIM sampling of pictures of ``shape`` (N, 3, H, W) with ``model(x_t, t)`` (e.g. a guided decoder) on
-        ``device``; the noise is drawn on the CPU from ``seed``, as every sampler of the package does.
+        """Sampling of pictures of ``shape`` (N, 3, H, W) with ``model(x_t, t)`` (e.g. a guided decoder) on
+        ``device``, every step kept; the noise is drawn on the CPU from ``seed``, as every sampler of the package does.
 
+        :param sampler: one of :data:`~dalle2_edu.diffusion.sampling.SAMPLERS` (default DDIM). For the ODE solvers
+            ``steps`` counts network calls and each frame is labelled with the (rounded) original t the solver
+            called the network at; Heun shows one frame per noise level (two calls each).
         :param noise: the starting x_T (``shape``) instead of drawing it from ``seed`` (which then seeds only the
-            step noise of η > 0).
+            step noise of DDIM with η > 0 and of DDPM).
         """
-        from dalle2_edu.diffusion.sampling import respaced, sample_progressive
+        from dalle2_edu.diffusion.sampling import ODE_SAMPLERS, check_sampler, max_steps, respaced, sample_progressive
 
         shape = tuple(shape)
         if len(shape) != 4 or not all(isinstance(s, int) and s >= 1 for s in shape):
             raise ValueError(f"shape must be (N, 3, H, W) with every size >= 1 (N pictures), got {shape}")
         steps, eta, seed = check_count("steps", steps), check_eta(eta), check_seed(seed)
+        sampler = check_sampler(sampler)
         if noise is not None and tuple(noise.shape) != shape:
             raise ValueError(f"noise must have the shape {shape}, got {tuple(noise.shape)}")
-        steps = min(steps, gd.num_timesteps)
+        steps = min(steps, max_steps(sampler, gd.num_timesteps))
         generator = torch.Generator().manual_seed(seed)
         start = torch.randn(*shape, generator=generator) if noise is None else noise.detach().cpu()
-        trajectory = sample_progressive(model, gd, shape, sampler="ddim", steps=steps, eta=eta, noise=start,
-                                        generator=generator, device=device)  # fmt: skip
-        t_orig = respaced(gd, steps).timestep_map.flip(0).tolist()
+        trajectory = list(sample_progressive(model, gd, shape, sampler=sampler, steps=steps, eta=eta, noise=start,
+                                             generator=generator, device=device))  # fmt: skip
+        if sampler in ODE_SAMPLERS:  # the solvers report the original (for Euler/Heun fractional) t they called at
+            t_orig = [round(float(step["t"])) for step in trajectory]
+        else:
+            t_orig = respaced(gd, steps).timestep_map.flip(0).tolist()
         return cls.from_trajectory(start, trajectory, t_orig, kind="images", **kwargs)
 
     @classmethod
-    def for_prompt(cls, pipe, prompt: str, n: int = 4, steps: int = 25, guidance_scale: float = 3.0, seed: int = 0):
+    def for_prompt(cls, pipe, prompt: str, n: int = 4, steps: int = 25, guidance_scale: float = 3.0, seed: int = 0,
+                   sampler: str = "ddim"):  # fmt: skip
         """The decoder's trajectory for a prompt: the same pictures as ``pipe.generate(prompt, n, guidance_scale,
-        steps, seed, upsample=False)`` (the same image embeddings and the same starting noise,
+        steps, seed, upsample=False, sampler=sampler)`` (the same image embeddings and the same starting noise,
         :meth:`~dalle2_edu.pipeline.UnCLIP.decoder_start_noise`)."""
         from dalle2_edu.stages.decoder import guided_decoder
 
@@ -226,7 +235,7 @@ class DenoisingExplorer:
         net = guided_decoder(decoder, z, guidance_scale)
         decoder.eval()
         return cls.for_images(gd, net, (n, 3, size, size), steps=steps, seed=offset_seed(seed, 1), device=pipe.device,
-                              noise=pipe.decoder_start_noise(n, seed), title=prompt)  # fmt: skip
+                              noise=pipe.decoder_start_noise(n, seed), title=prompt, sampler=sampler)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ playground
@@ -291,6 +300,9 @@ class PromptPlayground:
         100 steps and a scale of 8, further when the starting value is larger).
     :param upsample: run the 32→64 upsampler.
     :param prior_steps: the prior's DDIM steps.
+    :param sampler: the decoder's and upsampler's sampler to start with (a dropdown of
+        :data:`~dalle2_edu.diffusion.sampling.SAMPLERS`; for the ODE solvers ``steps`` counts network calls).
+    :param upsample_steps: the upsampler's steps (network calls for the ODE solvers).
     :param save_folder: where "save picked" writes, to start with (a text box; created when first saved into).
     """
 
@@ -305,6 +317,8 @@ class PromptPlayground:
         upsample: bool = True,
         prior_steps: int = 64,
         save_folder: str = "out/picked",
+        sampler: str = "ddim",
+        upsample_steps: int = 10,
     ):
         import ipywidgets as widgets
 
@@ -312,9 +326,15 @@ class PromptPlayground:
         from dalle2_edu.pipeline import SEED_BLOCK
 
         n = check_int("n", n, low=1, high=SEED_BLOCK, hint="(pictures per click; pipe.generate draws more)")
-        steps, prior_steps = check_counts(steps=steps, prior_steps=prior_steps)
-        guidance_scale, seed = check_guidance_scale(guidance_scale), check_seed(seed)
+        from dalle2_edu.diffusion.sampling import SAMPLERS, check_sampler
+
+        steps, prior_steps, upsample_steps = check_counts(steps=steps, prior_steps=prior_steps,
+                                                          upsample_steps=upsample_steps)  # fmt: skip
+        guidance_scale, seed, sampler = check_guidance_scale(guidance_scale), check_seed(seed), check_sampler(sampler)
         self.pipe, self.n, self.upsample, self.prior_steps = pipe, n, upsample, prior_steps
+        self.upsample_steps = upsample_steps
+        self.sampler = widgets.Dropdown(options=list(SAMPLERS), value=sampler, description="sampler",
+                                        layout=widgets.Layout(width="200px"))  # fmt: skip
         self.prompt = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="460px"))
         self.guidance = widgets.FloatSlider(value=guidance_scale, min=0.0, max=max(8.0, guidance_scale), step=0.5,
                                             description="guidance")  # fmt: skip
@@ -353,7 +373,7 @@ class PromptPlayground:
         self.widget = widgets.VBox(
             [
                 self.prompt,
-                widgets.HBox([self.guidance, self.steps, self.seed]),
+                widgets.HBox([self.guidance, self.steps, self.sampler, self.seed]),
                 widgets.HBox([self.generate_button, self.progress, self.status]),
                 self.image,
                 widgets.HBox(self.picks),
@@ -400,7 +420,7 @@ class PromptPlayground:
         """What the Generate button does: ``pipe.generate(prompt, n, guidance, steps, seed)`` stage by stage."""
         from dalle2_edu.pipeline import Generation
 
-        s = self._settings()
+        s = {**self._settings(), "sampler": self.sampler.value}  # the edits keep their own (DDIM) sampler
 
         def work(advance):
             from dalle2_edu.pipeline import SEED_BLOCK
@@ -409,15 +429,18 @@ class PromptPlayground:
             prompt = self.prompt.value
             z = self.pipe.image_embeddings_from_text([prompt], self.n, prior_steps=self.prior_steps, seed=s["seed"])
             advance()
-            low = self.pipe.decode(z, s["guidance_scale"], s["steps"], seed=offset_seed(s["seed"], 1))
+            low = self.pipe.decode(z, s["guidance_scale"], s["steps"], seed=offset_seed(s["seed"], 1),
+                                   sampler=s["sampler"])  # fmt: skip
             advance()
-            images = self.pipe.upsample(low, seed=offset_seed(s["seed"], 2)) if self.upsample else low
+            images = (self.pipe.upsample(low, self.upsample_steps, seed=offset_seed(s["seed"], 2), sampler=s["sampler"])
+                      if self.upsample else low)  # fmt: skip
             advance()
             # exactly what pipe.generate draws with these settings (n <= SEED_BLOCK: one block), so it is recorded so
             settings = call_record(self.pipe, "generate", prompts=[prompt], n=self.n, seed=s["seed"],
                                    guidance_scale=s["guidance_scale"], steps=s["steps"], use_prior=True,
                                    prior_steps=self.prior_steps, prior_guidance_scale=1.0, n_candidates=2,
-                                   upsample=self.upsample, upsample_steps=10, batch_size=SEED_BLOCK)  # fmt: skip
+                                   upsample=self.upsample, upsample_steps=self.upsample_steps, batch_size=SEED_BLOCK,
+                                   sampler=s["sampler"])  # fmt: skip
             out = Generation(images.cpu(), [prompt] * self.n, z.cpu(), low.cpu(), nrow=self.n, settings=settings)
             self._show(out, [prompt] * self.n)
 

@@ -190,3 +190,21 @@ def test_save_refuses_bad_indices_and_a_folder_that_is_a_file(pipe, tmp_path):
     with pytest.raises(ValueError, match="unknown.* cannot be redrawn"):
         redraw(pipe, made_by_hand.metadata(0))
     assert METADATA_KEY in Image.open(out.save(tmp_path / "x")[0]).text
+
+
+def test_a_record_without_a_sampler_is_redrawn_with_ddim_whatever_the_methods_default():
+    from dalle2_edu.provenance import DEFAULT_SAMPLER, _call_kwargs
+
+    def method(prompt, steps=10, sampler="dpmpp2m"):  # a later default: old records must not pick it up
+        return None
+
+    assert DEFAULT_SAMPLER == "ddim"
+    assert _call_kwargs(method, {"steps": 25, "seed": 1}, skip=())["sampler"] == "ddim"
+    assert _call_kwargs(method, {"steps": 25, "sampler": "euler"}, skip=())["sampler"] == "euler"
+
+    def no_sampler(prompt, steps=10):
+        return None
+
+    assert "sampler" not in _call_kwargs(no_sampler, {"steps": 25}, skip=())
+    with pytest.raises(ValueError, match="'euler' sampler"):
+        _call_kwargs(no_sampler, {"steps": 25, "sampler": "euler", "version": "0.9"}, skip=())

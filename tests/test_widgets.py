@@ -89,6 +89,29 @@ def test_playground_generate_shows_the_pipelines_pictures(pipe):
     assert play.image.value != before
 
 
+@pytest.mark.parametrize("sampler", ["dpmpp2m", "euler", "heun"])
+def test_image_explorer_and_playground_take_every_sampler(pipe, sampler):
+    explorer = DenoisingExplorer.for_prompt(pipe, PROMPTS[0], n=2, steps=4, seed=3, sampler=sampler)
+    final = pipe.generate(PROMPTS[0], n=2, steps=4, seed=3, upsample=False, sampler=sampler).tensors
+    assert torch.allclose(explorer.states[-1].clamp(-1, 1), final, atol=1e-5)
+    from dalle2_edu.diffusion.solvers import heun_levels
+
+    assert len(explorer) == 1 + (heun_levels(4) if sampler == "heun" else 4)  # x_T, then a frame per step (Heun: level)
+    t = explorer.timesteps
+    assert all(a >= b for a, b in zip(t, t[1:])) and t[0] > t[-1] == 0  # the original t, falling (rounded)
+    play = PromptPlayground(pipe, prompt=PROMPTS[1], n=2, steps=3, prior_steps=3, seed=4, upsample_steps=2)
+    assert play.sampler.value == "ddim"
+    play.sampler.value = sampler
+    play.generate_button.click()
+    expected = pipe.generate(PROMPTS[1], n=2, steps=3, seed=4, prior_steps=3, upsample_steps=2, sampler=sampler)
+    assert torch.equal(play.result.tensors, expected.tensors)
+    assert play.result.settings["sampler"] == sampler and play.result.settings["upsample_steps"] == 2
+    with pytest.raises(ValueError, match="unknown sampler"):
+        PromptPlayground(pipe, sampler="plms")
+    with pytest.raises(ValueError, match="unknown sampler"):
+        DenoisingExplorer.for_prompt(pipe, PROMPTS[0], n=1, steps=2, sampler="plms")
+
+
 def test_playground_variations_and_recolour_buttons(pipe):
     play = PromptPlayground(pipe, prompt=PROMPTS[0], n=2, steps=3, prior_steps=3)
     play.generate_button.click()
