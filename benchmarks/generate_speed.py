@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{d['psnr_db_se']:.2f} dB, sharpness {d['sharpness_ratio']:.2f}, consistency "
                   f"{d['consistency_psnr_db']:.1f} dB")  # fmt: skip
     old, new = rows["2026-12-03 defaults"]["total_s"], rows["current defaults"]["total_s"]
-    stages = [k for k in rows["current defaults"] if k not in ("settings", "total_s")]
+    stages = [k for k, v in rows["current defaults"].items() if isinstance(v, float) and k != "total_s"]
     lines = ["| settings | " + " | ".join(stages) + " | total (s) | speed-up |", "|---|" + "---:|" * (len(stages) + 2)]
     for name, row in rows.items():
         described = ", ".join(f"{k}={v}" for k, v in row["settings"].items())

@@ -1,9 +1,10 @@
 """Fast samplers against DDPM-1000 on the shipped 32×32 decoder: FID/KID and fidelity per network call (issue 14).
 
 One run measures the shipped decoder (``data/checkpoints/decoder32``, through :meth:`UnCLIP.decode`, the pipeline's
-32×32 decode path, no upsampler) at 5, 10, 20 and 50 NETWORK CALLS with DDIM (η = 0), DPM-Solver++(2M), Euler and
-Heun, each with guidance (the shipped default scale, read from :meth:`UnCLIP.generate`'s signature: 3) and without,
-against DDPM with 1000 steps (ancestral, the model's learned variance) at the same guidance as the reference row.
+32×32 decode path, no upsampler) at 5, 10, 20 and 50 NETWORK CALLS with DDIM (η = 0), respaced ancestral DDPM (the
+model's learned variance, Improved DDPM's respacing), DPM-Solver++(2M), Euler and Heun, each with guidance (the
+shipped default scale, read from :meth:`UnCLIP.generate`'s signature: 3) and without, against DDPM with 1000 steps
+(ancestral, the model's learned variance) at the same guidance as the reference row.
 
 * **"Without guidance" means scale 1**: the plain conditional model, one network pass per call. (Scale 0, the
   unconditional model, would measure a different model, and with the learned variance it costs two passes per call.)
@@ -31,7 +32,8 @@ Before sampling, a short probe times one network call with and without guidance 
 time (seconds per picture per call × calls × N, summed over rows) is printed before the sweep starts. DDPM-1000
 dominates: about three quarters of the time at the default calls. The report is rewritten after every row.
 
-    python benchmarks/sampler_sweep.py                  # N = 256: 3.6 h by the probe at 1 thread (2674 calls/picture)
+    python benchmarks/sampler_sweep.py                  # N = 256: about 3.5 h on 2 idle threads (2834 calls/picture)
+    python benchmarks/sampler_sweep.py --n 128          # docs/BENCHMARKS.md §9's run: about 1.7 h
     python benchmarks/sampler_sweep.py --estimate-only  # only the probe and the expected time
     python benchmarks/sampler_sweep.py --tiny           # a smoke test in seconds (8 pictures, calls 2 and 3, DDPM-4)
 """
@@ -58,7 +60,7 @@ from dalle2_edu.metrics import extract_features, fid, kid, load_attribute_classi
 from dalle2_edu.pipeline import UnCLIP
 from dalle2_edu.stages.toy2d import Toy2DConfig
 
-SWEPT = ("ddim", "dpmpp2m", "euler", "heun")
+SWEPT = ("ddim", "ddpm", "dpmpp2m", "euler", "heun")
 REFERENCE = "ddpm"
 ATTRS = ("category", "colour", "pattern")
 GOAL_CALLS, GOAL_MARGIN = 20, 0.10  # issue 14: within 10% of DDPM-1000's FID at <= 20 network calls

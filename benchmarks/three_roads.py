@@ -649,8 +649,8 @@ def main(argv=None) -> dict:
                                                                     guidance_scale=g, seed=s),
         "unclip_shipped": lambda caps, s: pipe.generate(caps, n=1, seed=s, steps=args.sample_steps, guidance_scale=g,
                                                         prior_steps=args.prior_steps, n_candidates=args.candidates,
-                                                        upsample=False, size=32).tensors,
-    }  # fmt: skip
+                                                        upsample=False, size=32, sampler="ddim").tensors,
+    }  # fmt: skip  (DDIM on every diffusion road, as sample_decoder and sample_latent_diffusion default to)
     generators = {"autoregressive": ar, "pixel_diffusion": px, "latent_diffusion": ld}
     models = {"vqvae": vq, "autoregressive": ar, "pixel_diffusion": (px, px_gd), "clip": clip}
 

@@ -2,13 +2,17 @@
 
 Runs (each writes its row into the JSON as soon as it finishes, so an interrupted run keeps what it measured):
 
-- ``main``: the pipeline as ``make demo`` and ``generate`` run it (prior best of 2, decoder guidance 3 with 25 DDIM
-  steps, upsampler 10 DDIM steps to 64×64); 4 pictures for each of the 174 seen and 18 held-out prompts, FID/KID of
-  the seen-prompt pictures against as many real test pictures, beside the floor FID(train, test);
+- ``main``: the pipeline as ``make demo`` and ``generate`` run it, with ``generate``'s defaults (prior best of 2,
+  decoder guidance 3; since 2026-12-04 ancestral DDPM, 20 decoder and 10 upsampler steps, to 64×64); 4 pictures
+  for each of the 174 seen and 18 held-out prompts, FID/KID of the seen-prompt pictures against as many real test
+  pictures, beside the floor FID(train, test);
+- ``main-2026-12-03``: the same with the defaults before that (25 DDIM decoder steps, 10 DDIM upsampler steps);
 - ``guidance-S``: decoder guidance sweep, 32×32 (no upsampler), 2 pictures per prompt, FID against real 32×32;
 - ``no-prior``: the CLIP text embedding fed to the decoder directly (DALL·E 2's ablation), same settings as
   ``guidance-3``;
 - ``steps-N``: decoder DDIM steps, guidance 3.
+
+The ablations sample with DDIM (as they were first measured), whatever ``generate``'s default.
 
     python benchmarks/unclip_eval.py --out docs/benchmarks/unclip.json
 """
@@ -26,9 +30,10 @@ from dalle2_edu.evaluate import evaluate_pipeline
 from dalle2_edu.metrics import load_attribute_classifier
 from dalle2_edu.pipeline import UnCLIP
 
-ABLATION = dict(n=2, upsample=False, steps=25, guidance_scale=3.0)
+ABLATION = dict(n=2, upsample=False, steps=25, guidance_scale=3.0, sampler="ddim")
 RUNS = {
-    "main": dict(n=4, upsample=True, steps=25, guidance_scale=3.0),
+    "main": dict(n=4, upsample=True, guidance_scale=3.0),  # generate's own defaults (sampler, steps, upsampler steps)
+    "main-2026-12-03": dict(n=4, upsample=True, guidance_scale=3.0, sampler="ddim", steps=25, upsample_steps=10),
     "guidance-1": {**ABLATION, "guidance_scale": 1.0},
     "guidance-2": {**ABLATION, "guidance_scale": 2.0},
     "guidance-3": ABLATION,

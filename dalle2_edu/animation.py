@@ -3,7 +3,8 @@
 Every frame is decoded deterministically (DDIM, η = 0) from one starting noise, and only the image embedding moves:
 
 - **two prompts** ("a red mug on white" → "a blue mug on white"): each prompt's image embedding is drawn by the
-  prior with the same ``seed``, the decoder's starting noise is the one ``generate(prompt, n=1, seed=seed)`` uses,
+  prior with the same ``seed``, the decoder's starting noise is the one ``generate(prompt, n=1, seed=seed)`` uses
+  (so the end frames are ``generate(..., sampler="ddim")``'s pictures: animations keep DDIM, the edits' sampler),
   and the frames slerp from one embedding to the other (:func:`~dalle2_edu.edits.slerp`, on unit vectors);
 - **two pictures**: as :meth:`~dalle2_edu.pipeline.UnCLIP.interpolate` does: both CLIP image embeddings and both
   DDIM-inverted noises are slerped, so the ends come out close to the two pictures;

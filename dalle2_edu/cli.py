@@ -368,11 +368,16 @@ def _evaluate(args) -> dict:
 # ------------------------------------------------------------------------------------------------------------ main
 def _parser() -> argparse.ArgumentParser:
     from dalle2_edu.diffusion.sampling import SAMPLERS
+    from dalle2_edu.pipeline import GENERATE_SAMPLER, GENERATE_STEPS
     from dalle2_edu.recipes.settings import RECIPES, STAGE_FILES
     from dalle2_edu.utils import PRECISIONS
 
     steps_help = "decoder steps (DDIM's; network calls for dpmpp2m, euler, heun)"
     sampler_help = "ddim (default), ddpm, or a fast ODE solver: dpmpp2m (DPM-Solver++), euler, heun"
+    gen_steps_help = f"decoder steps (default {GENERATE_STEPS}; network calls for dpmpp2m, euler, heun)"
+    gen_sampler_help = (f"decoder and upsampler sampler (default {GENERATE_SAMPLER}: ancestral, learned variance): "
+                        "ddpm, ddim, dpmpp2m (DPM-Solver++), euler, heun; docs/BENCHMARKS.md §9 compares "
+                        "them")  # fmt: skip
 
     parser = argparse.ArgumentParser(prog="python -m dalle2_edu", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -395,8 +400,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="text -> 4 pictures for a handful of prompts with the shipped checkpoints")
     demo.add_argument("--out", default="out/demo", help="folder for grid.png and report.json")
     demo.add_argument("--checkpoints", default="data/checkpoints")
-    demo.add_argument("--steps", type=int, default=25, help=steps_help)
-    demo.add_argument("--sampler", default="ddim", choices=SAMPLERS, help=sampler_help)
+    demo.add_argument("--steps", type=int, default=GENERATE_STEPS, help=gen_steps_help)
+    demo.add_argument("--sampler", default=GENERATE_SAMPLER, choices=SAMPLERS, help=gen_sampler_help)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
 
@@ -409,8 +414,8 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="out/generate", help="folder for grid.png and the single pictures")
     gen.add_argument("--checkpoints", default="data/checkpoints", help="folder with the trained stages")
     gen.add_argument("--guidance-scale", type=float, default=3.0)
-    gen.add_argument("--steps", type=int, default=25, help=steps_help)
-    gen.add_argument("--sampler", default="ddim", choices=SAMPLERS, help=sampler_help)
+    gen.add_argument("--steps", type=int, default=GENERATE_STEPS, help=gen_steps_help)
+    gen.add_argument("--sampler", default=GENERATE_SAMPLER, choices=SAMPLERS, help=gen_sampler_help)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=64, help="pictures drawn at once (memory grows with it)")
     gen.add_argument("--no-prior", action="store_true", help="feed the text embedding to the decoder directly")

@@ -50,13 +50,31 @@ OPTIONAL_FILES = ("upsampler", "upsampler128")
 SIZES = (32, 64, 128)
 """The picture sizes the cascade can stop at: the decoder's 32, the first upsampler's 64, the second's 128."""
 
+GENERATE_SAMPLER = "ddpm"
+GENERATE_STEPS = 20
+GENERATE_UPSAMPLE_STEPS = 10
+""":meth:`UnCLIP.generate`'s sampler and its steps for the decoder and for each upsampler: ancestral DDPM with the
+model's learned variance, respaced to 20 decoder steps (Improved DDPM's respacing), and 10 upsampler steps. Measured
+on the shipped decoder (docs/BENCHMARKS.md §9, 128 pictures, guidance 3): DDPM-20 scores FID 16.8 against
+DDPM-1000's 15.8 (within the 10% of issue 14's goal), where DDIM, Euler and DPM-Solver++(2M) at 20 calls score
+20.2-21.0 and DDIM-50 19.8; its fidelity is the best of all rows. DDIM with 25 steps was the default until 2026-12-03.
+The edits (variations, interpolation, text diffs, inpainting) and animations keep DDIM: their inversion and their
+shared starting noise need a deterministic sampler. The CLI's ``generate`` and ``demo``, the playground and the
+explorers read these."""
+
+STOCHASTIC_SAMPLERS = ("ddpm",)
+"""Samplers that draw fresh noise at every step: :meth:`UnCLIP.generate` decodes them block by block, each block from
+its own seed (so a picture still does not depend on ``batch_size``)."""
+
 SEED_BLOCK = 64
 """:meth:`UnCLIP.generate`'s unit of randomness. The pictures of a call are numbered prompt-major (the n pictures of
 prompt 0 first) and cut into blocks of ``SEED_BLOCK``; block k draws its prior, decoder and upsampler noise from
 ``block_seed(seed, k)`` + 0, + 1, + 2. So a picture does not depend on ``batch_size`` (how many go through the
 decoder at once), and a call of up to ``SEED_BLOCK`` pictures is exactly the stages run by hand with ``seed``,
-``seed + 1``, ``seed + 2``. The prior and the upsampler run one whole block at a time (they draw their noise from a
-seed, for the whole batch they are given), so they hold at most ``SEED_BLOCK`` pictures whatever ``batch_size``."""
+``seed + 1``, ``seed + 2`` (and the same ``sampler``: :meth:`UnCLIP.decode` and :meth:`UnCLIP.upsample` default
+to DDIM, ``generate`` to :data:`GENERATE_SAMPLER`). The prior and the upsampler run one whole block at a time (they
+draw their noise from a seed, for the whole batch they are given), so they hold at most ``SEED_BLOCK`` pictures
+whatever ``batch_size``."""
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -402,17 +420,17 @@ class UnCLIP:
         prompt: str | Sequence[str],
         n: int = 4,
         guidance_scale: float = 3.0,
-        steps: int = 25,
+        steps: int = GENERATE_STEPS,
         seed: int = 0,
         use_prior: bool = True,
         prior_steps: int = 64,
         prior_guidance_scale: float = 1.0,
         n_candidates: int = 2,
         upsample: bool = True,
-        upsample_steps: int = 10,
+        upsample_steps: int = GENERATE_UPSAMPLE_STEPS,
         progress: bool = False,
         batch_size: int = SEED_BLOCK,
-        sampler: str = "ddim",
+        sampler: str = GENERATE_SAMPLER,
         size: int | None = None,
     ) -> Generation:
         """Draw ``n`` pictures for each prompt, ``batch_size`` pictures at a time.
@@ -422,15 +440,17 @@ class UnCLIP:
         :param n: pictures per prompt.
         :param guidance_scale: the decoder's classifier-free guidance scale (0: unconditional, 1: none; 3 is a good
             default; :func:`~dalle2_edu.validate.check_guidance_scale`).
-        :param steps: the decoder's DDIM steps.
+        :param steps: the decoder's steps: DDIM's or DDPM's, network calls for the ODE solvers (see ``sampler``).
         :param seed: fixes every random draw: same seed, same pictures (an int in [0, 2**63 - 1]).
         :param use_prior: sample image embeddings with the prior (True), or feed the text embedding to the decoder.
         :param prior_steps, prior_guidance_scale, n_candidates: the prior's DDIM steps, guidance and best-of-n.
         :param upsample: run the 32→64 upsampler (when loaded).
         :param batch_size: pictures per decoder batch: working memory grows with it, not with n. The pictures do not
-            depend on it (see :data:`SEED_BLOCK`).
+            depend on it (see :data:`SEED_BLOCK`). A stochastic sampler (:data:`STOCHASTIC_SAMPLERS`, the default
+            ``"ddpm"``) decodes one seed block (at most :data:`SEED_BLOCK` pictures) at a time instead.
         :param sampler: the decoder's and upsampler's sampler, one of :data:`~dalle2_edu.diffusion.sampling.SAMPLERS`
-            (``steps`` and ``upsample_steps`` then count network calls for the ODE solvers; see :meth:`decode`).
+            (``steps`` and ``upsample_steps`` then count network calls for the ODE solvers; see :meth:`decode`);
+            the default, ancestral DDPM with 20 and 10 steps, and why: :data:`GENERATE_SAMPLER`.
         :param size: stop the cascade at 32 (the decoder), 64 (the first upsampler) or 128 (the second; needs
             ``upsampler128.safetensors``); None: 64, or 32 with ``upsample=False``.
         :return: all the pictures in one :class:`Generation`; for many pictures use :meth:`generate_batches`, which
@@ -466,18 +486,18 @@ class UnCLIP:
         prompt: str | Sequence[str],
         n: int = 4,
         guidance_scale: float = 3.0,
-        steps: int = 25,
+        steps: int = GENERATE_STEPS,
         seed: int = 0,
         use_prior: bool = True,
         prior_steps: int = 64,
         prior_guidance_scale: float = 1.0,
         n_candidates: int = 2,
         upsample: bool = True,
-        upsample_steps: int = 10,
+        upsample_steps: int = GENERATE_UPSAMPLE_STEPS,
         progress: bool = False,
         batch_size: int = SEED_BLOCK,
         first_picture: int = 0,
-        sampler: str = "ddim",
+        sampler: str = GENERATE_SAMPLER,
         size: int | None = None,
     ) -> Iterator[Generation]:
         """:meth:`generate`, handed over as it goes: yields :class:`Generation` chunks of at most ``batch_size``
@@ -551,12 +571,19 @@ class UnCLIP:
                     self._block_embeddings(prompts, n, a, b, seeds[k], **prior_kw) for k, (a, b) in group
                 ])  # fmt: skip
                 t1 = time.perf_counter()
-                noise = torch.cat([self._start_noise(b - a, offset_seed(seeds[k], 1)) for k, (a, b) in group])
-                low_res = torch.cat([
-                    self.decode(image_emb[j : j + batch_size], guidance_scale, steps, noise=noise[j : j + batch_size],
-                                progress=progress, sampler=sampler)
-                    for j in range(0, len(image_emb), batch_size)
-                ])  # fmt: skip
+                if sampler in STOCHASTIC_SAMPLERS:  # fresh noise at every step: each block from its own seed
+                    low_res = torch.cat([
+                        self.decode(image_emb[a - start : b - start], guidance_scale, steps,
+                                    seed=offset_seed(seeds[k], 1), progress=progress, sampler=sampler)
+                        for k, (a, b) in group
+                    ])  # fmt: skip
+                else:  # deterministic given x_T: the blocks' starting noise, decoded batch_size at a time
+                    noise = torch.cat([self._start_noise(b - a, offset_seed(seeds[k], 1)) for k, (a, b) in group])
+                    low_res = torch.cat([
+                        self.decode(image_emb[j : j + batch_size], guidance_scale, steps,
+                                    noise=noise[j : j + batch_size], progress=progress, sampler=sampler)
+                        for j in range(0, len(image_emb), batch_size)
+                    ])  # fmt: skip
                 t2 = time.perf_counter()
                 if upsample:
                     images = torch.cat([

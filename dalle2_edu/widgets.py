@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from dalle2_edu.pipeline import GENERATE_SAMPLER, GENERATE_STEPS, GENERATE_UPSAMPLE_STEPS
 from dalle2_edu.validate import (
     check_count,
     check_counts,
@@ -220,11 +221,12 @@ class DenoisingExplorer:
         return cls.from_trajectory(start, trajectory, t_orig, kind="images", **kwargs)
 
     @classmethod
-    def for_prompt(cls, pipe, prompt: str, n: int = 4, steps: int = 25, guidance_scale: float = 3.0, seed: int = 0,
-                   sampler: str = "ddim"):  # fmt: skip
+    def for_prompt(cls, pipe, prompt: str, n: int = 4, steps: int = GENERATE_STEPS, guidance_scale: float = 3.0,
+                   seed: int = 0, sampler: str = GENERATE_SAMPLER):  # fmt: skip
         """The decoder's trajectory for a prompt: the same pictures as ``pipe.generate(prompt, n, guidance_scale,
         steps, seed, upsample=False, sampler=sampler)`` (the same image embeddings and the same starting noise,
-        :meth:`~dalle2_edu.pipeline.UnCLIP.decoder_start_noise`)."""
+        :meth:`~dalle2_edu.pipeline.UnCLIP.decoder_start_noise`; for a stochastic sampler, whose step noise ``generate``
+        draws block by block, for up to :data:`~dalle2_edu.pipeline.SEED_BLOCK` pictures)."""
         from dalle2_edu.stages.decoder import guided_decoder
 
         n, steps = check_counts(n=n, steps=steps)
@@ -234,8 +236,12 @@ class DenoisingExplorer:
         size = decoder.unet.config.image_size
         net = guided_decoder(decoder, z, guidance_scale)
         decoder.eval()
+        from dalle2_edu.pipeline import STOCHASTIC_SAMPLERS
+
+        # a stochastic sampler draws x_T and then every step's noise from one generator (seed + 1), as generate does
+        noise = None if sampler in STOCHASTIC_SAMPLERS else pipe.decoder_start_noise(n, seed)
         return cls.for_images(gd, net, (n, 3, size, size), steps=steps, seed=offset_seed(seed, 1), device=pipe.device,
-                              noise=pipe.decoder_start_noise(n, seed), title=prompt, sampler=sampler)  # fmt: skip
+                              noise=noise, title=prompt, sampler=sampler)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ playground
@@ -301,7 +307,8 @@ class PromptPlayground:
     :param upsample: run the 32→64 upsampler.
     :param prior_steps: the prior's DDIM steps.
     :param sampler: the decoder's and upsampler's sampler to start with (a dropdown of
-        :data:`~dalle2_edu.diffusion.sampling.SAMPLERS`; for the ODE solvers ``steps`` counts network calls).
+        :data:`~dalle2_edu.diffusion.sampling.SAMPLERS`; for the ODE solvers ``steps`` counts network calls); the
+        defaults of ``sampler``, ``steps`` and ``upsample_steps`` are :meth:`~dalle2_edu.pipeline.UnCLIP.generate`'s.
     :param upsample_steps: the upsampler's steps (network calls for the ODE solvers).
     :param save_folder: where "save picked" writes, to start with (a text box; created when first saved into).
     """
@@ -311,14 +318,14 @@ class PromptPlayground:
         pipe,
         prompt: str = "a red striped mug on a wooden table",
         n: int = 4,
-        steps: int = 25,
+        steps: int = GENERATE_STEPS,
         guidance_scale: float = 3.0,
         seed: int = 0,
         upsample: bool = True,
         prior_steps: int = 64,
         save_folder: str = "out/picked",
-        sampler: str = "ddim",
-        upsample_steps: int = 10,
+        sampler: str = GENERATE_SAMPLER,
+        upsample_steps: int = GENERATE_UPSAMPLE_STEPS,
     ):
         import ipywidgets as widgets
 

@@ -33,7 +33,8 @@ def test_tiny_run_times_both_settings(tmp_path):
     bench = _load()
     threads = torch.get_num_threads()
     try:
-        report = bench.main(["--n", "1", "--repeats", "1", "--threads", "1", "--json", str(tmp_path / "speed.json")])
+        report = bench.main(["--n", "1", "--repeats", "1", "--threads", "1", "--upsampler-quality", "2",
+                             "--json", str(tmp_path / "speed.json")])  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     assert json.loads((tmp_path / "speed.json").read_text()) == report
@@ -43,6 +44,10 @@ def test_tiny_run_times_both_settings(tmp_path):
         for key in ("total_s", "prior_s", "decoder_s", "upsampler_s"):
             assert math.isfinite(row[key]) and row[key] >= 0, (key, row)
         assert row["prior_s"] + row["decoder_s"] + row["upsampler_s"] <= row["total_s"] * 1.01 + 1e-3
+        graded = row["upsampler_quality"]
+        assert graded["n"] == 2 and graded["sampler"] == row["settings"]["sampler"]
+        assert graded["steps"] == row["settings"]["upsample_steps"] and math.isfinite(graded["diffusion"]["psnr_db"])
+    assert "upsampler_quality" not in report["markdown"] and report["markdown"].count("\n") == 3  # header + 2 rows
     old, new = rows["2026-12-03 defaults"]["total_s"], rows["current defaults"]["total_s"]
     assert report["speedup"] == pytest.approx(old / new, rel=1e-2)
 

@@ -11,7 +11,7 @@ from tiny_unclip import PROMPTS, D, write_tiny_checkpoints
 
 from dalle2_edu.datasets.catalogue import BACKGROUNDS, CATEGORIES, COLOUR_NAMES, HELD_OUT_PAIRS, PATTERNS, parse_caption
 from dalle2_edu.evaluate import eval_prompts
-from dalle2_edu.pipeline import CHECKPOINT_FILES, SEED_BLOCK, UnCLIP, block_seed
+from dalle2_edu.pipeline import CHECKPOINT_FILES, GENERATE_SAMPLER, SEED_BLOCK, UnCLIP, block_seed
 
 
 @pytest.fixture(scope="module")
@@ -222,17 +222,21 @@ def test_pictures_do_not_depend_on_the_batch_size(pipe):
 def test_a_call_within_one_seed_block_is_the_stages_run_by_hand(pipe):
     out = run(pipe, seed=5)
     z = pipe.image_embeddings_from_text(PROMPTS, 2, prior_steps=3, seed=5)
-    low = pipe.decode(z, 3.0, 3, seed=6)
+    low = pipe.decode(z, 3.0, 3, seed=6, sampler=GENERATE_SAMPLER)  # decode's own default stays DDIM (the edits')
     assert torch.equal(out.image_emb, z) and torch.equal(out.low_res, low)
-    assert torch.equal(out.tensors, pipe.upsample(low, 2, seed=7))
+    assert torch.equal(out.tensors, pipe.upsample(low, 2, seed=7, sampler=GENERATE_SAMPLER))
+    ddim = run(pipe, seed=5, sampler="ddim")  # and generate with DDIM is decode and upsample with their defaults
+    assert torch.equal(ddim.low_res, pipe.decode(z, 3.0, 3, seed=6))
+    assert torch.equal(ddim.tensors, pipe.upsample(ddim.low_res, 2, seed=7))
     assert torch.equal(
         pipe.decoder_start_noise(4, seed=5), torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(6))
     )
     assert block_seed(5, 0) == 5 and len({block_seed(s, k) for s in range(3) for k in range(3)}) == 9
 
 
-def test_generate_batches_streams_chunks_of_at_most_batch_size(pipe, monkeypatch):
-    kw = dict(n=35, steps=2, prior_steps=2, upsample_steps=2, seed=1)
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_generate_batches_streams_chunks_of_at_most_batch_size(pipe, monkeypatch, sampler):
+    kw = dict(n=35, steps=2, prior_steps=2, upsample_steps=2, seed=1, sampler=sampler)
     decoded, upsampled = [], []
     decode, upsample = pipe.decode, pipe.upsample
     monkeypatch.setattr(pipe, "decode", lambda z, *a, **k: decoded.append(len(z)) or decode(z, *a, **k))
@@ -240,10 +244,13 @@ def test_generate_batches_streams_chunks_of_at_most_batch_size(pipe, monkeypatch
     chunks = pipe.generate_batches(PROMPTS, batch_size=16, **kw)
     assert not decoded  # nothing is drawn before the first chunk is asked for
     first = next(chunks)
-    assert len(first.prompts) == 16 and first.start == 0 and max(decoded) <= 16
+    # a deterministic sampler decodes batch_size pictures at a time; a stochastic one a seed block at a time (its
+    # step noise comes from the block's seed), as the prior and the upsampler always do
+    bound = 16 if sampler == "ddim" else SEED_BLOCK
+    assert len(first.prompts) == 16 and first.start == 0 and max(decoded) <= bound
     rest = list(chunks)
     assert [c.start for c in rest] == [16, 32, 48, 64] and [len(c.prompts) for c in rest] == [16, 16, 16, 6]
-    assert max(decoded) <= 16 and max(upsampled) <= SEED_BLOCK  # working memory is bounded, not growing with n
+    assert max(decoded) <= bound and max(upsampled) <= SEED_BLOCK  # working memory is bounded, not growing with n
     whole = pipe.generate(PROMPTS, batch_size=16, **kw)
     assert torch.equal(torch.cat([first.tensors, *(c.tensors for c in rest)]), whole.tensors)
     assert [p for c in [first, *rest] for p in c.prompts] == whole.prompts

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sampler_sweep.py"
-SWEPT = ("ddim", "dpmpp2m", "euler", "heun")
+SWEPT = ("ddim", "ddpm", "dpmpp2m", "euler", "heun")
 NUMBERS = ("fid", "kid", "kid_std", "fid_floor", "seconds", "seconds_per_picture")
 
 

@@ -370,7 +370,7 @@ def test_pipeline_passes_the_sampler_to_decoder_and_upsampler(tiny_pipe, method)
     kw = dict(n=2, steps=5, prior_steps=3, upsample_steps=3, seed=0)
     out = tiny_pipe.generate(PROMPTS[:1], sampler=method, **kw)
     again = tiny_pipe.generate(PROMPTS[:1], sampler=method, **kw)
-    ddim = tiny_pipe.generate(PROMPTS[:1], **kw)
+    ddim = tiny_pipe.generate(PROMPTS[:1], sampler="ddim", **kw)
     assert out.tensors.shape == (2, 3, 16, 16) and torch.equal(out.tensors, again.tensors)
     assert torch.equal(out.image_emb, ddim.image_emb)  # the prior is not the decoder's sampler's business
     assert not torch.allclose(out.low_res, ddim.low_res, atol=1e-3)
@@ -399,8 +399,11 @@ def test_pipeline_and_cli_refuse_an_unknown_sampler_at_once(tiny_pipe, capsys):
 
     with pytest.raises(ValueError, match="unknown sampler 'lms'"):
         tiny_pipe.generate_batches(PROMPTS[:1], n=1, sampler="lms")  # checked before the first next()
+    from dalle2_edu.pipeline import GENERATE_SAMPLER
+
+    defaults = {"generate": GENERATE_SAMPLER, "demo": GENERATE_SAMPLER, "evaluate": "ddim"}  # evaluate: as recorded
     for command in (["generate", "a mug"], ["demo"], ["evaluate", "decoder"]):
-        assert _parser().parse_args(command).sampler == "ddim"
+        assert _parser().parse_args(command).sampler == defaults[command[0]]
         assert _parser().parse_args([*command, "--sampler", "heun"]).sampler == "heun"
         with pytest.raises(SystemExit):
             _parser().parse_args([*command, "--sampler", "lms"])

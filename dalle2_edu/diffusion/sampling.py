@@ -28,7 +28,8 @@ What ``steps`` means: for ``ddim``/``ddpm`` the number of steps of the process r
 network call each); for the ODE solvers the number of NETWORK CALLS, on the full process (they pick their own noise
 levels: DPM-Solver++ at integer steps, Euler and Heun at fractional t), so the same ``steps`` costs the same. Heun
 makes 2 calls per noise level but the last: ``steps`` = N visits ⌊(N+1)/2⌋ levels (N - 1 calls when N is even).
-Heun needs many calls on a cosine schedule (σ_max ≈ 2·10⁴, see :mod:`~dalle2_edu.diffusion.solvers`).
+Heun fails on a cosine schedule (σ_max ≈ 2·10⁴: on the shipped decoder at every budget up to 49 calls, see
+:mod:`~dalle2_edu.diffusion.solvers`); use DPM-Solver++ or Euler there.
 """
 
 ODE_SAMPLERS = ("dpmpp2m", "euler", "heun")

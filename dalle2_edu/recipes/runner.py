@@ -34,6 +34,7 @@ from dalle2_edu.recipes.data import TrainingSet
 from dalle2_edu.recipes.settings import (
     CATALOGUE_ONLY,
     EVALUATION,
+    EVALUATION_SAMPLER,
     OPTIONAL_STAGES,
     PIPELINE_STAGES,
     RECIPES,
@@ -359,7 +360,8 @@ class Runner:
                 from dalle2_edu.evaluate import evaluate_pipeline
 
                 report = evaluate_pipeline(pipe, n=settings["n"], seed=self.seed, upsample=False,
-                                           steps=settings["steps"], progress=self.progress)  # fmt: skip
+                                           steps=settings["steps"], progress=self.progress,
+                                           sampler=EVALUATION_SAMPLER)  # fmt: skip
             else:
                 report = evaluate_folder(pipe, data.captions, n=settings["n"], steps=settings["steps"], seed=self.seed,
                                          prompts=4 if self.recipe == "tiny" else 16)
@@ -368,13 +370,14 @@ class Runner:
         return report
 
 
-def evaluate_folder(pipe, captions: list[str], n: int = 2, steps: int = 25, seed: int = 0, prompts: int = 16) -> dict:
+def evaluate_folder(pipe, captions: list[str], n: int = 2, steps: int = 25, seed: int = 0, prompts: int = 16,
+                    sampler: str = EVALUATION_SAMPLER) -> dict:  # fmt: skip
     """Generate ``n`` pictures for up to ``prompts`` distinct captions of a folder and read them back with the
     pipeline's own CLIP: how often is a generated picture closest to its own prompt among all the prompts?"""
     distinct = sorted(set(captions))
     pick = torch.randperm(len(distinct), generator=torch.Generator().manual_seed(seed))[:prompts].tolist()
     chosen = [distinct[i] for i in sorted(pick)]
-    out = pipe.generate(chosen, n=n, steps=steps, seed=seed, upsample=False)
+    out = pipe.generate(chosen, n=n, steps=steps, seed=seed, upsample=False, sampler=sampler)
     sim = pipe.clip.encode_image(out.tensors) @ pipe.clip.encode_text(chosen).T  # (P·n, P)
     own = torch.arange(len(chosen)).repeat_interleave(n)
     accuracy = (sim.argmax(dim=1).cpu() == own).float().mean().item()

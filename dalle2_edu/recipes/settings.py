@@ -163,7 +163,13 @@ RECIPES: dict[str, dict[str, StageSettings]] = _recipes()
 
 EVALUATION = {"full": {"n": 4, "steps": 25}, "fast": {"n": 2, "steps": 25}, "gpu": {"n": 4, "steps": 25},
               "tiny": {"n": 1, "steps": 4}}  # fmt: skip
-"""How ``train all`` grades the finished pipeline: pictures per prompt and decoder steps."""
+"""How ``train all`` grades the finished pipeline: pictures per prompt and decoder steps, with
+:data:`EVALUATION_SAMPLER`."""
+
+EVALUATION_SAMPLER = "ddim"
+"""The decoder's sampler when ``train all`` grades the pipeline: DDIM, as every recorded grade of docs/BENCHMARKS.md
+§3 and docs/TRAINING.md was measured (``generate``'s own default changed on 2026-12-04; a grade must stay comparable
+with the runs before it)."""
 
 
 def scale_steps(steps: int, n_pictures: int) -> int:
