@@ -115,8 +115,9 @@ def run(steps: int, every: float, threads: int, checkpoints: Path, seed: int) ->
         report = json.loads((work / "decoder32.json").read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    done = next((i for i, s in enumerate(samples) if s["step"] >= steps), len(samples) - 1)
-    training = [s for s in samples[: done + 1] if s["step"] > 0]  # from the first step to the first sample at the last
+    # while training: from the first step to the last sample before the bar showed the last step (after it the
+    # command saves, exports and frees its memory, which is not the training loop's)
+    training = [s for s in samples if 0 < s["step"] < steps] or [s for s in samples if s["step"] > 0]
     second_half = [(s["step"], s["rss_mib"]) for s in training if s["step"] >= steps / 2]
     marks = state["marks"]
     first = min((k for k in marks if k >= steps / 10), default=None)
