@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from dalle2_edu.pipeline import GENERATE_SAMPLER, GENERATE_STEPS, GENERATE_UPSAMPLE_STEPS
+from dalle2_edu.pipeline import GENERATE_SAMPLER, GENERATE_STEPS, GENERATE_UPSAMPLE_STEPS, STOCHASTIC_SAMPLERS
 from dalle2_edu.validate import (
     check_count,
     check_counts,
@@ -236,8 +236,6 @@ class DenoisingExplorer:
         size = decoder.unet.config.image_size
         net = guided_decoder(decoder, z, guidance_scale)
         decoder.eval()
-        from dalle2_edu.pipeline import STOCHASTIC_SAMPLERS
-
         # a stochastic sampler draws x_T and then every step's noise from one generator (seed + 1), as generate does
         noise = None if sampler in STOCHASTIC_SAMPLERS else pipe.decoder_start_noise(n, seed)
         return cls.for_images(gd, net, (n, 3, size, size), steps=steps, seed=offset_seed(seed, 1), device=pipe.device,

@@ -1,25 +1,19 @@
 """benchmarks/generate_speed.py: the old settings it compares against are real ``generate`` arguments, and one tiny
 run (1 picture, 1 repeat, 1 thread) writes both rows with every stage's time."""
 
-import importlib.util
 import inspect
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load_benchmark
 
 from dalle2_edu.pipeline import UnCLIP
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "generate_speed.py"
-
 
 def _load():
-    spec = importlib.util.spec_from_file_location("generate_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("generate_speed")
 
 
 def test_old_defaults_are_generate_arguments_and_current_defaults_are_read_from_the_signature():

@@ -1,24 +1,19 @@
 """benchmarks/sampler_sweep.py end to end in its --tiny smoke mode (8 pictures, calls 2 and 3, DDPM-4), its
 argument checks, and the goal line computed from the numbers."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sampler_sweep.py"
 SWEPT = ("ddim", "ddpm", "dpmpp2m", "euler", "heun")
 NUMBERS = ("fid", "kid", "kid_std", "fid_floor", "seconds", "seconds_per_picture")
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("sampler_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("sampler_sweep")
 
 
 @pytest.fixture

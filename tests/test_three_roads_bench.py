@@ -1,24 +1,19 @@
 """benchmarks/three_roads.py end to end in its --tiny smoke mode (tiny nets, a few steps, a few pictures)."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from bench_scripts import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "three_roads.py"
 ROADS = ("autoregressive", "pixel_diffusion", "latent_diffusion", "unclip_shipped")
 NUMBERS = ("generator_params", "fid", "fid_floor", "kid", "kid_std", "seconds_per_picture")
 MAYBE_NULL = ("vqvae_params", "train_seconds", "train_steps", "vqvae_train_seconds", "bits_per_dim")
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("three_roads", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("three_roads")
 
 
 @pytest.fixture

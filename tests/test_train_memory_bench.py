@@ -1,21 +1,15 @@
 """benchmarks/train_memory.py's measuring parts: reading a process's memory, the growth slope, the step lookup.
 (The whole benchmark trains for minutes; its one real run is in docs/BENCHMARKS.md.)"""
 
-import importlib.util
 import os
 import sys
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_memory.py"
+from bench_scripts import load_benchmark
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("train_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_memory")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
