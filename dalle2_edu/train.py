@@ -34,6 +34,7 @@ import os
 import random
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -277,6 +278,9 @@ class Trainer:
 
         self.step = 0  # optimizer updates done so far
         self.history: dict[str, list] = {}  # column name -> values, one per logged step
+        # The last fit call's updates and wall-clock seconds in its loop (saves and samples included; resuming and the
+        # final save not): a throughput figure kept out of ``history`` so that equal runs keep equal histories.
+        self.last_fit: dict[str, float] = {"steps": 0, "seconds": 0.0}
         self._window: dict[str, float] = {}  # sums of logged scalars since the last history row
         self._window_count = 0
         self._fit_steps: int | None = None
@@ -377,6 +381,7 @@ class Trainer:
             total=steps, initial=self.step, disable=not (self.progress and self.is_main), desc=self.desc, unit="step",
             dynamic_ncols=True,
         )  # fmt: skip
+        first_step, started = self.step, time.perf_counter()
         try:
             while self.step < steps:
                 self._accumulate(self._train_step())  # signals wait for the step to end, never cut through it
@@ -394,6 +399,7 @@ class Trainer:
                     self._barrier()
         finally:
             bar.close()
+            self.last_fit = {"steps": self.step - first_step, "seconds": time.perf_counter() - started}
         if self.out_dir is not None and self._saved_step != self.step:
             self.save()
             self._barrier()

@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field
 from dalle2_edu.diffusion.gaussian import DATA_TYPES, LOSS_TYPES, MEAN_TYPES, VAR_TYPES, GaussianDiffusion
 from dalle2_edu.diffusion.schedules import SCHEDULES, get_betas
 
-FIELDS = ("num_timesteps", "schedule", "mean_type", "var_type", "loss_type", "data_type", "hybrid_lambda")
+FIELDS = ("num_timesteps", "schedule", "mean_type", "var_type", "loss_type", "data_type", "hybrid_lambda",
+          "snr_gamma")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class DiffusionConfig:
     :param loss_type: ``"simple"``, ``"hybrid"`` or ``"kl"``.
     :param data_type: ``"image"`` (8-bit pixels in [-1, 1]) or ``"continuous"`` (points, embeddings).
     :param hybrid_lambda: λ of the hybrid loss.
+    :param snr_gamma: ``None``, or γ of min-SNR-γ weighting of L_simple (e.g. 5; see
+        :class:`~dalle2_edu.diffusion.gaussian.GaussianDiffusion`).
     """
 
     num_timesteps: int = 1000
@@ -42,6 +45,7 @@ class DiffusionConfig:
     loss_type: str = "simple"
     data_type: str = "image"
     hybrid_lambda: float = 0.001
+    snr_gamma: float | None = None
 
     def __post_init__(self):
         if isinstance(self.num_timesteps, bool) or int(self.num_timesteps) != self.num_timesteps:
@@ -55,6 +59,10 @@ class DiffusionConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         if not 0.0 <= float(self.hybrid_lambda) < float("inf"):
             raise ValueError(f"hybrid_lambda must be a finite number >= 0, got {self.hybrid_lambda!r}")
+        gamma = self.snr_gamma
+        if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, int | float)
+                                  or not 0.0 < gamma < float("inf")):  # fmt: skip
+            raise ValueError(f"snr_gamma must be None or a finite number > 0 (e.g. 5), got {self.snr_gamma!r}")
 
     @property
     def learned_sigma(self) -> bool:
@@ -66,6 +74,7 @@ class DiffusionConfig:
         return GaussianDiffusion(
             get_betas(self.schedule, self.num_timesteps), mean_type=self.mean_type, var_type=self.var_type,
             loss_type=self.loss_type, data_type=self.data_type, hybrid_lambda=self.hybrid_lambda,
+            snr_gamma=self.snr_gamma,
         )  # fmt: skip
 
     def replace(self, **changes) -> DiffusionConfig:

@@ -61,6 +61,10 @@ class GaussianDiffusion:
     :param data_type: ``"image"`` (8-bit pixels in [-1, 1]: discretized decoder NLL, predictions of x_0 clipped to
         [-1, 1] by default) or ``"continuous"`` (2D points, embeddings: Gaussian density decoder term, no clipping).
     :param hybrid_lambda: λ of the hybrid loss, see :meth:`training_losses`.
+    :param snr_gamma: ``None`` (every step's L_simple term counts equally, DDPM) or γ > 0 for min-SNR-γ weighting
+        (Hang et al. 2023): step t's mean-squared error is weighted so that it counts as an error on x_0 weighted by
+        min(SNR(t), γ), SNR(t) = ᾱ_t / (1 - ᾱ_t). That caps the weight of the nearly noise-free steps, whose x_0 errors
+        dominate otherwise, and lets the noisy steps (where shape and colour are decided) be learnt sooner.
     :param timestep_map: for a respaced process, the original step index of each of its steps; the model is always
         called with these original indices. Normally left ``None``; :meth:`respace` sets it.
     """
@@ -74,12 +78,17 @@ class GaussianDiffusion:
         data_type: str = "image",
         hybrid_lambda: float = 0.001,
         timestep_map: torch.Tensor | None = None,
+        snr_gamma: float | None = None,
     ):
         self.mean_type = _check_choice("mean_type", mean_type, MEAN_TYPES)
         self.var_type = _check_choice("var_type", var_type, VAR_TYPES)
         self.loss_type = _check_choice("loss_type", loss_type, LOSS_TYPES)
         self.data_type = _check_choice("data_type", data_type, DATA_TYPES)
         self.hybrid_lambda = float(hybrid_lambda)
+        if snr_gamma is not None and (isinstance(snr_gamma, bool) or not isinstance(snr_gamma, int | float)
+                                      or not 0 < snr_gamma < float("inf")):  # fmt: skip
+            raise ValueError(f"snr_gamma must be None or a finite number > 0 (e.g. 5), got {snr_gamma!r}")
+        self.snr_gamma = None if snr_gamma is None else float(snr_gamma)
 
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
         if betas.ndim != 1 or len(betas) == 0:
@@ -559,6 +568,21 @@ class GaussianDiffusion:
         decoder_nll = -mean_flat(ll) / LN2
         return {"output": torch.where(t == 0, decoder_nll, kl), "pred_x0": out["pred_x0"]}
 
+    def snr_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """min-SNR-γ weights of the mean-squared error at steps t (N,), float64; ones without ``snr_gamma``.
+
+        With SNR = ᾱ/(1-ᾱ): an ε error equals an x_0 error times SNR, a v error an x_0 error times (SNR + 1). The
+        weight turns each into an x_0 error weighted by min(SNR, γ): min(SNR, γ)/SNR for ε, min(SNR, γ) for x_0,
+        min(SNR, γ)/(SNR + 1) for v.
+        """
+        t = torch.as_tensor(t, dtype=torch.long).cpu()
+        if self.snr_gamma is None:
+            return torch.ones(t.shape, dtype=torch.float64)
+        abar = self.alphas_cumprod[t]
+        snr = abar / (1.0 - abar)
+        capped = snr.clamp(max=self.snr_gamma)
+        return {"eps": capped / snr, "x0": capped, "v": capped / (snr + 1.0)}[self.mean_type]
+
     def training_losses(
         self,
         model: Callable,
@@ -569,7 +593,8 @@ class GaussianDiffusion:
     ) -> dict[str, torch.Tensor]:
         """Per-example training losses at steps t, each (N,).
 
-        - ``mse``: mean over dimensions of (target - mean output)², the target being ε, x_0 or v (L_simple).
+        - ``mse``: mean over dimensions of (target - mean output)², the target being ε, x_0 or v (L_simple); times
+          :meth:`snr_weight` with ``snr_gamma``.
         - ``vb``: the VLB term L_{t} for this t in bits/dim (:meth:`vb_terms_bpd`). With ``hybrid`` the mean output is
           detached here, so the VLB trains only the variance while L_simple trains the mean (Improved DDPM §3.1).
         - ``loss``: ``simple`` → mse; ``kl`` → T · vb, with t uniform an unbiased estimate of the whole bound minus
@@ -590,6 +615,8 @@ class GaussianDiffusion:
         if target is None:
             target = self.v_target(x0, t, noise)
         mse = mean_flat((target.to(mean_out.dtype) - mean_out) ** 2)
+        if self.snr_gamma is not None:
+            mse = mse * self.snr_weight(t).to(device=mse.device, dtype=mse.dtype)
 
         if self.loss_type == "kl":
             vb_input = out  # the bound trains mean and variance
@@ -670,6 +697,7 @@ class GaussianDiffusion:
             data_type=self.data_type,
             hybrid_lambda=self.hybrid_lambda,
             timestep_map=self.timestep_map[steps],
+            snr_gamma=self.snr_gamma,
         )
 
 

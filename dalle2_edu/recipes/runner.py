@@ -77,6 +77,16 @@ def shipped_folder() -> Path:
     return (data_dir() / "checkpoints").resolve()
 
 
+def training_speed(trainer) -> dict:
+    """The training loop's own speed in a stage's run: ``loop_steps`` updates in ``loop_seconds`` (``train_seconds``
+    also counts drawing the data, CLIP embeddings and loading; resumed steps are not counted again)."""
+    last = getattr(trainer, "last_fit", None) or {}
+    if not last.get("steps"):
+        return {}
+    return {"loop_steps": int(last["steps"]), "loop_seconds": round(last["seconds"], 1),
+            "steps_per_second": round(last["steps"] / last["seconds"], 2)}  # fmt: skip
+
+
 def check_out_folder(out: Path, overwrite_shipped: bool = False) -> None:
     """Refuse an output folder that would lose or mix work: the shipped checkpoints (unless asked explicitly), a
     file, an unwritable place, or a Trainer's own run folder."""
@@ -318,7 +328,8 @@ class Runner:
         start = time.perf_counter()
         model, trainer = train(ctx)
         seconds = time.perf_counter() - start
-        summary = {"weights": str(weights), "report": str(json_path), "train_seconds": round(seconds, 1)}
+        loop = training_speed(trainer)
+        summary = {"weights": str(weights), "report": str(json_path), "train_seconds": round(seconds, 1), **loop}
         if self.is_main:
             model = model.eval()
             with torch.no_grad():
@@ -333,6 +344,7 @@ class Runner:
                 "data": data.describe(),
                 "final_loss": final_loss(trainer),
                 "train_seconds": round(seconds, 1),
+                **loop,
                 "world_size": self.info.world_size if self.info else 1,
                 "device": self.device,
                 "grade": grades,
