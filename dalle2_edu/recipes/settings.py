@@ -110,12 +110,14 @@ def _recipes() -> dict[str, dict[str, StageSettings]]:
                    options={"width": 32})  # fmt: skip
     full = dict(clip=clip, prior=prior, decoder=decoder, upsampler=upsampler, upsampler128=upsampler128,
                 attributes=attributes, classifier=classifier)  # fmt: skip
+    # The fast decoder weights its L_simple by min-SNR-γ (γ = 5): on the same CPU budget it learns colour and shape
+    # sooner (docs/BENCHMARKS.md §3.4), which pays for fewer steps everywhere else.
     fast = dict(
         full,
         clip=replace(clip, steps=300, warmup_steps=30),
-        prior=replace(prior, steps=800, warmup_steps=80),
-        decoder=S(1200, 32, 1e-3, warmup_steps=120),
-        upsampler=replace(upsampler, steps=300),
+        prior=replace(prior, steps=500, warmup_steps=50),
+        decoder=S(950, 32, 1e-3, warmup_steps=100, model={"diffusion": {"snr_gamma": 5}}),
+        upsampler=replace(upsampler, steps=100, warmup_steps=25),
         upsampler128=replace(upsampler128, steps=300),
         attributes=replace(attributes, steps=600),
         classifier=replace(classifier, steps=600, warmup_steps=60),
@@ -164,7 +166,7 @@ def _recipes() -> dict[str, dict[str, StageSettings]]:
 RECIPES: dict[str, dict[str, StageSettings]] = _recipes()
 """Recipe name → stage → :class:`StageSettings`."""
 
-EVALUATION = {"full": {"n": 4, "steps": 25}, "fast": {"n": 2, "steps": 25}, "gpu": {"n": 4, "steps": 25},
+EVALUATION = {"full": {"n": 4, "steps": 25}, "fast": {"n": 2, "steps": 15}, "gpu": {"n": 4, "steps": 25},
               "tiny": {"n": 1, "steps": 4}}  # fmt: skip
 """How ``train all`` grades the finished pipeline: pictures per prompt and decoder steps, with
 :data:`EVALUATION_SAMPLER`."""
