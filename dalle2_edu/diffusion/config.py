@@ -16,7 +16,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
-from dalle2_edu.diffusion.gaussian import DATA_TYPES, LOSS_TYPES, MEAN_TYPES, VAR_TYPES, GaussianDiffusion
+from dalle2_edu.diffusion.gaussian import (
+    DATA_TYPES,
+    LOSS_TYPES,
+    MEAN_TYPES,
+    VAR_TYPES,
+    GaussianDiffusion,
+    check_snr_gamma,
+)
 from dalle2_edu.diffusion.schedules import SCHEDULES, get_betas
 
 FIELDS = ("num_timesteps", "schedule", "mean_type", "var_type", "loss_type", "data_type", "hybrid_lambda",
@@ -59,10 +66,7 @@ class DiffusionConfig:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         if not 0.0 <= float(self.hybrid_lambda) < float("inf"):
             raise ValueError(f"hybrid_lambda must be a finite number >= 0, got {self.hybrid_lambda!r}")
-        gamma = self.snr_gamma
-        if gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, int | float)
-                                  or not 0.0 < gamma < float("inf")):  # fmt: skip
-            raise ValueError(f"snr_gamma must be None or a finite number > 0 (e.g. 5), got {self.snr_gamma!r}")
+        check_snr_gamma(self.snr_gamma)
 
     @property
     def learned_sigma(self) -> bool:

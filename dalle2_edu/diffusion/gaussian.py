@@ -41,6 +41,15 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def check_snr_gamma(value) -> float | None:
+    """``None`` or γ > 0 of min-SNR-γ weighting, as a float; a clear error otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise ValueError(f"snr_gamma must be None or a finite number > 0 (e.g. 5), got {value!r}")
+    return float(value)
+
+
 def _last(steps: Iterator[dict]) -> dict:
     """Run a progressive sampler to the end and keep only its last step."""
     return deque(steps, maxlen=1)[0]
@@ -85,10 +94,7 @@ class GaussianDiffusion:
         self.loss_type = _check_choice("loss_type", loss_type, LOSS_TYPES)
         self.data_type = _check_choice("data_type", data_type, DATA_TYPES)
         self.hybrid_lambda = float(hybrid_lambda)
-        if snr_gamma is not None and (isinstance(snr_gamma, bool) or not isinstance(snr_gamma, int | float)
-                                      or not 0 < snr_gamma < float("inf")):  # fmt: skip
-            raise ValueError(f"snr_gamma must be None or a finite number > 0 (e.g. 5), got {snr_gamma!r}")
-        self.snr_gamma = None if snr_gamma is None else float(snr_gamma)
+        self.snr_gamma = check_snr_gamma(snr_gamma)
 
         betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
         if betas.ndim != 1 or len(betas) == 0:

@@ -124,7 +124,7 @@ def _recipes() -> dict[str, dict[str, StageSettings]]:
     )  # fmt: skip
     # Sized for about ten minutes of one H200 from the rates measured there on 2026-12-04 (docs/TRAINING.md §3). On
     # these small networks the Trainer is bound by the host launching ~2 000 kernels per step, not by the GPU
-    # (~6 ms of GPU work in a ~65 ms step at batch 32): a step costs about the same at batch 32 and 256, so the GPU
+    # (~6 ms of GPU work in a ~62 ms step at batch 32): a step costs about the same at batch 32 and 256, so the GPU
     # recipe takes fewer, much larger batches. CLIP keeps the full recipe's settings: the 3 000 × 1 024, lr 4e-3
     # first tried there graded worse (held-out zero-shot category 91% against 99.7%).
     gpu = dict(
