@@ -43,17 +43,21 @@ def tail_loss(run: Path, stage: str) -> float | None:
     return sum(tail) / len(tail)
 
 
+def _loss_gap(row: dict, base: str, other: str) -> float | None:
+    """|loss(other) − loss(base)| / loss(base) of one stage row, or None when either run is missing or has no loss."""
+    a, b = (row.get(key, {}).get("tail_loss") for key in (base, other))
+    return round(abs(a - b) / abs(a), 4) if a and b else None
+
+
 def compare(report: dict) -> None:
     """Add the CPU-vs-CUDA relative loss difference and speed-up to every stage row that has both devices, and the
     relative difference between two CPU runs of different seeds (``seed_spread``) where there are two."""
     for row in report["stages"].values():
         other = next((k for k in row if k.startswith("cpu_seed")), None)
-        if "cpu" in row and other and row["cpu"]["tail_loss"] and row[other]["tail_loss"]:
-            a, b = row["cpu"]["tail_loss"], row[other]["tail_loss"]
-            row["seed_spread"] = round(abs(a - b) / abs(a), 4)
-        if "cpu" in row and "cuda" in row and row["cpu"]["tail_loss"] and row["cuda"]["tail_loss"]:
-            a, b = row["cpu"]["tail_loss"], row["cuda"]["tail_loss"]
-            row["relative_loss_difference"] = round(abs(a - b) / abs(a), 4)
+        if other and (spread := _loss_gap(row, "cpu", other)) is not None:
+            row["seed_spread"] = spread
+        if (gap := _loss_gap(row, "cpu", "cuda")) is not None:
+            row["relative_loss_difference"] = gap
             row["stage_speedup"] = round(row["cpu"]["train_seconds"] / row["cuda"]["train_seconds"], 1)
             if row["cpu"].get("loop_steps_per_second") and row["cuda"].get("loop_steps_per_second"):
                 cpu, cuda = row["cpu"]["loop_steps_per_second"], row["cuda"]["loop_steps_per_second"]
