@@ -6,11 +6,15 @@ Runs (each writes its row into the JSON as soon as it finishes, so an interrupte
   decoder guidance 3; since 2026-12-04 ancestral DDPM, 20 decoder and 10 upsampler steps, to 64×64); 4 pictures
   for each of the 174 seen and 18 held-out prompts, FID/KID of the seen-prompt pictures against as many real test
   pictures, beside the floor FID(train, test);
+- ``main-2026-12-04``: the same with ``generate``'s defaults of 2026-12-04 (ancestral DDPM, 20 decoder steps, 10
+  upsampler steps, prior 64 DDIM steps best of 2): what the faster defaults are measured against (issue 13, goal 3);
 - ``main-2026-12-03``: the same with the defaults before that (25 DDIM decoder steps, 10 DDIM upsampler steps);
 - ``guidance-S``: decoder guidance sweep, 32×32 (no upsampler), 2 pictures per prompt, FID against real 32×32;
 - ``no-prior``: the CLIP text embedding fed to the decoder directly (DALL·E 2's ablation), same settings as
   ``guidance-3``;
-- ``steps-N``: decoder DDIM steps, guidance 3.
+- ``steps-N``: decoder DDIM steps, guidance 3;
+- ``screen-SAMPLER-N``: the screen behind ``generate``'s decoder steps (issue 13, goal 3): 32×32, 2 pictures per
+  prompt, prior 64 steps, guidance 3, the decoder sampled with SAMPLER for N steps (calls).
 
 The ablations sample with DDIM (as they were first measured), whatever ``generate``'s default.
 
@@ -33,6 +37,8 @@ from dalle2_edu.pipeline import UnCLIP
 ABLATION = dict(n=2, upsample=False, steps=25, guidance_scale=3.0, sampler="ddim")
 RUNS = {
     "main": dict(n=4, upsample=True, guidance_scale=3.0),  # generate's own defaults (sampler, steps, upsampler steps)
+    "main-2026-12-04": dict(n=4, upsample=True, guidance_scale=3.0, sampler="ddpm", steps=20, upsample_steps=10,
+                            prior_steps=64, n_candidates=2),
     "main-2026-12-03": dict(n=4, upsample=True, guidance_scale=3.0, sampler="ddim", steps=25, upsample_steps=10),
     "guidance-1": {**ABLATION, "guidance_scale": 1.0},
     "guidance-2": {**ABLATION, "guidance_scale": 2.0},
@@ -41,6 +47,9 @@ RUNS = {
     "no-prior": {**ABLATION, "use_prior": False},
     "steps-10": {**ABLATION, "steps": 10},
     "steps-50": {**ABLATION, "steps": 50},
+    **{f"screen-{sampler}-{steps}": dict(n=2, upsample=False, guidance_scale=3.0, prior_steps=64, sampler=sampler,
+                                         steps=steps)
+       for sampler, steps in (("ddpm", 20), ("ddpm", 12), ("ddpm", 10), ("ddim", 10), ("dpmpp2m", 10))},
 }
 
 
@@ -65,7 +74,8 @@ def main() -> None:
             row = evaluate_pipeline(pipe, n=n, seed=args.seed, fid_real=fid_real, classifier=classifier, **settings)
         row["seconds"] = round(time.perf_counter() - start, 1)
         save_row(args, report, name, row)
-        print(name, json.dumps({k: row[k] for k in ("seen", "heldout", "fid", "fid_floor_train_vs_test", "seconds")}))
+        print(name, json.dumps({k: row.get(k) for k in ("seen", "heldout", "fid", "fid_floor_train_vs_test", "grain",
+                                                         "seconds")}))
 
 
 if __name__ == "__main__":

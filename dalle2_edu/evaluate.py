@@ -74,13 +74,15 @@ def evaluate_pipeline(
     :param n: pictures per prompt.
     :param fid_real: real test pictures to compare the seen-prompt pictures with (0: skip FID/KID).
     :param generate_kwargs: passed to :meth:`UnCLIP.generate` (guidance_scale, steps, use_prior, upsample, ...).
-    :return: ``{"seen": {...fidelity...}, "heldout": {...}, "fid": ..., ...}``.
+    :return: ``{"seen": {...fidelity...}, "heldout": {...}, "fid": ..., "grain": {...}, ...}``; with ``fid_real``
+        also ``grain`` (:func:`~dalle2_edu.metrics.grain_ratio`): the fine detail in the flat backgrounds of the
+        seen-prompt pictures against the real test pictures'.
     """
-    from dalle2_edu.metrics import fid, fid_floor, kid, load_attribute_classifier, prompt_fidelity
+    from dalle2_edu.metrics import fid, fid_floor, grain_ratio, kid, load_attribute_classifier, prompt_fidelity
 
     classifier = classifier or load_attribute_classifier()
     report: dict = {"n_per_prompt": n, "settings": {k: v for k, v in generate_kwargs.items()}}
-    seen_images = None
+    seen_images = seen_backgrounds = None
     for split in ("seen", "heldout"):
         prompts, labels = eval_prompts(split, seed)
         images = generate_for_prompts(pipe, prompts, n, seed=seed, progress=progress, **generate_kwargs)
@@ -89,17 +91,22 @@ def evaluate_pipeline(
         report[split]["prompts"] = len(prompts)
         if split == "seen":
             seen_images = images
+            seen_backgrounds = [BACKGROUNDS[int(b)] for b in labels[:, 3].repeat_interleave(n)]
     if fid_real:
         from dalle2_edu.datasets.catalogue import ProductCatalogue
 
         size = seen_images.shape[-1]
-        real = ProductCatalogue(fid_real, split="test", seed=1, resolution=size, progress=False).images
+        real_set = ProductCatalogue(fid_real, split="test", seed=1, resolution=size, progress=False)
+        real = real_set.images
         m = min(len(seen_images), fid_real)
         report["fid"] = round(fid(seen_images[:m], real[:m], classifier), 2)
         k_mean, k_std = kid(seen_images[:m], real[:m], classifier, subsets=50, subset_size=min(m, 100))
         report["kid"], report["kid_std"] = round(k_mean, 4), round(k_std, 4)
         report["fid_floor_train_vs_test"] = round(fid_floor(m, classifier=classifier, resolution=size), 2)
         report["fid_n"] = m
+        real_backgrounds = [BACKGROUNDS[int(b)] for b in real_set.labels[:m, 3]]
+        grain = grain_ratio(seen_images[:m], seen_backgrounds[:m], real[:m], real_backgrounds)
+        report["grain"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in grain.items()}
     return report
 
 

@@ -342,6 +342,8 @@ def _call_kwargs(method, meta: dict, skip: tuple[str, ...]) -> dict:
     sampler = meta.get("sampler", DEFAULT_SAMPLER)
     if "sampler" in params:
         kwargs["sampler"] = sampler  # not the method's current default: a record without one was drawn with DDIM
+    if "upsample_spacing" in params:
+        kwargs["upsample_spacing"] = meta.get("upsample_spacing", "even")  # a record without one: evenly spaced
     if sampler != DEFAULT_SAMPLER and "sampler" not in params:
         raise ValueError(f"the picture was drawn with the {sampler!r} sampler, which this version of dalle2_edu's "
                          f"{method.__name__} does not offer; use the dalle2_edu {meta.get('version')} it was drawn with")  # fmt: skip  # noqa: E501

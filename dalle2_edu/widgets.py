@@ -27,7 +27,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from dalle2_edu.pipeline import GENERATE_SAMPLER, GENERATE_STEPS, GENERATE_UPSAMPLE_STEPS, STOCHASTIC_SAMPLERS
+from dalle2_edu.pipeline import (
+    GENERATE_PRIOR_STEPS,
+    GENERATE_SAMPLER,
+    GENERATE_STEPS,
+    GENERATE_UPSAMPLE_STEPS,
+    STOCHASTIC_SAMPLERS,
+)
 from dalle2_edu.validate import (
     check_count,
     check_counts,
@@ -320,7 +326,7 @@ class PromptPlayground:
         guidance_scale: float = 3.0,
         seed: int = 0,
         upsample: bool = True,
-        prior_steps: int = 64,
+        prior_steps: int = GENERATE_PRIOR_STEPS,
         save_folder: str = "out/picked",
         sampler: str = GENERATE_SAMPLER,
         upsample_steps: int = GENERATE_UPSAMPLE_STEPS,
@@ -428,7 +434,7 @@ class PromptPlayground:
         s = {**self._settings(), "sampler": self.sampler.value}  # the edits keep their own (DDIM) sampler
 
         def work(advance):
-            from dalle2_edu.pipeline import SEED_BLOCK
+            from dalle2_edu.pipeline import SEED_BLOCK, _upsample_spacing
             from dalle2_edu.provenance import call_record
 
             prompt = self.prompt.value
@@ -437,15 +443,16 @@ class PromptPlayground:
             low = self.pipe.decode(z, s["guidance_scale"], s["steps"], seed=offset_seed(s["seed"], 1),
                                    sampler=s["sampler"])  # fmt: skip
             advance()
-            images = (self.pipe.upsample(low, self.upsample_steps, seed=offset_seed(s["seed"], 2), sampler=s["sampler"])
-                      if self.upsample else low)  # fmt: skip
+            spacing = _upsample_spacing(None, s["sampler"])  # generate's default for this sampler
+            images = (self.pipe.upsample(low, self.upsample_steps, seed=offset_seed(s["seed"], 2), sampler=s["sampler"],
+                                         spacing=spacing) if self.upsample else low)  # fmt: skip
             advance()
             # exactly what pipe.generate draws with these settings (n <= SEED_BLOCK: one block), so it is recorded so
             settings = call_record(self.pipe, "generate", prompts=[prompt], n=self.n, seed=s["seed"],
                                    guidance_scale=s["guidance_scale"], steps=s["steps"], use_prior=True,
                                    prior_steps=self.prior_steps, prior_guidance_scale=1.0, n_candidates=2,
                                    upsample=self.upsample, upsample_steps=self.upsample_steps, batch_size=SEED_BLOCK,
-                                   sampler=s["sampler"])  # fmt: skip
+                                   sampler=s["sampler"], upsample_spacing=spacing)  # fmt: skip
             out = Generation(images.cpu(), [prompt] * self.n, z.cpu(), low.cpu(), nrow=self.n, settings=settings)
             self._show(out, [prompt] * self.n)
 

@@ -225,6 +225,9 @@ def test_a_call_within_one_seed_block_is_the_stages_run_by_hand(pipe):
     low = pipe.decode(z, 3.0, 3, seed=6, sampler=GENERATE_SAMPLER)  # decode's own default stays DDIM (the edits')
     assert torch.equal(out.image_emb, z) and torch.equal(out.low_res, low)
     assert torch.equal(out.tensors, pipe.upsample(low, 2, seed=7, sampler=GENERATE_SAMPLER))
+    three = run(pipe, seed=5, upsample_steps=3)  # generate's upsampler visits DDIM's quadratic spacing of steps
+    quad = pipe.upsample(low, 3, seed=7, sampler=GENERATE_SAMPLER, spacing="quad")
+    assert torch.equal(three.tensors, quad) and not torch.equal(quad, pipe.upsample(low, 3, seed=7, sampler="ddpm"))
     ddim = run(pipe, seed=5, sampler="ddim")  # and generate with DDIM is decode and upsample with their defaults
     assert torch.equal(ddim.low_res, pipe.decode(z, 3.0, 3, seed=6))
     assert torch.equal(ddim.tensors, pipe.upsample(ddim.low_res, 2, seed=7))
@@ -361,3 +364,12 @@ def test_size_stops_the_cascade_where_asked_and_the_second_upsampler_adds_a_stag
     low = mid.low_res[:2]
     by_hand = upsample(*pipe2.upsampler128, upsample(*pipe2.upsampler, low, steps=2, seed=5), steps=2, seed=6)
     assert torch.equal(pipe2.upsample(low, 2, seed=5, size=32), by_hand)  # stage 2 draws from seed + 1
+
+
+def test_generate_picks_the_upsamplers_spacing_by_sampler_and_refuses_bad_ones(pipe):
+    assert run(pipe, seed=1).metadata(0)["upsample_spacing"] == "quad"  # ddpm's default
+    assert run(pipe, seed=1, sampler="dpmpp2m").metadata(0)["upsample_spacing"] == "even"  # a solver picks its own
+    with pytest.raises(ValueError, match="upsample_spacing='quad' applies to the ddim and ddpm samplers"):
+        run(pipe, sampler="euler", upsample_spacing="quad")
+    with pytest.raises(ValueError, match="upsample_spacing must be one of even, quad"):
+        run(pipe, upsample_spacing="log")

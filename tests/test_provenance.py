@@ -210,3 +210,20 @@ def test_a_record_without_a_sampler_is_redrawn_with_ddim_whatever_the_methods_de
     assert "sampler" not in _call_kwargs(no_sampler, {"steps": 25}, skip=())
     with pytest.raises(ValueError, match="'euler' sampler"):
         _call_kwargs(no_sampler, {"steps": 25, "sampler": "euler", "version": "0.9"}, skip=())
+
+
+def test_a_record_without_an_upsampler_spacing_is_redrawn_evenly_spaced(pipe, tmp_path):
+    from dalle2_edu.provenance import _call_kwargs
+
+    kwargs = _call_kwargs(pipe.generate_batches, {"steps": 3, "upsample_steps": 3}, skip=())
+    assert kwargs["upsample_spacing"] == "even"  # drawn before generate took the quadratic spacing
+    assert _call_kwargs(pipe.generate_batches, {"upsample_spacing": "quad"}, skip=())["upsample_spacing"] == "quad"
+    kw = {**FAST, "upsample_steps": 3}  # 3 of 20 steps: the two spacings differ
+    out = pipe.generate(PROMPTS[0], n=1, seed=2, **kw)
+    meta = out.metadata(0)
+    assert meta["upsample_spacing"] == "quad"
+    assert torch.equal(redraw(pipe, out.save(tmp_path)[0]).tensors[0], out.tensors[0])
+    even = pipe.generate(PROMPTS[0], n=1, seed=2, upsample_spacing="even", **kw)
+    assert not torch.equal(even.tensors, out.tensors)
+    old = {k: v for k, v in meta.items() if k != "upsample_spacing"}
+    assert torch.equal(redraw(pipe, old).tensors[0], even.tensors[0])

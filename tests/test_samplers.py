@@ -408,3 +408,26 @@ def test_pipeline_and_cli_refuse_an_unknown_sampler_at_once(tiny_pipe, capsys):
         with pytest.raises(SystemExit):
             _parser().parse_args([*command, "--sampler", "lms"])
         assert "invalid choice: 'lms'" in capsys.readouterr().err
+
+
+def test_quadratic_spacing_against_its_formula_and_its_guards():
+    from dalle2_edu.diffusion.sampling import respaced, spaced_timesteps
+    from dalle2_edu.diffusion.schedules import space_timesteps
+
+    assert spaced_timesteps(1000, 5, "quad") == [0, 62, 250, 562, 999]  # round(999 (j/4)²)
+    assert spaced_timesteps(1000, 4, "quad") == [0, 111, 444, 999]
+    assert spaced_timesteps(1000, 20, "even") == sorted(space_timesteps(1000, [20]))
+    for T in (5, 20, 100):
+        for K in range(1, T + 1):
+            ts = spaced_timesteps(T, K, "quad")
+            assert len(ts) == K and ts == sorted(set(ts)) and ts[0] == 0 and 0 <= ts[-1] <= T - 1
+            if K >= 2:
+                assert ts[-1] == T - 1
+    gd = GaussianDiffusion(cosine_betas(100))
+    quad = respaced(gd, 5, "quad")
+    assert quad.num_timesteps == 5
+    assert quad.timestep_map.tolist() == spaced_timesteps(100, 5, "quad")
+    with pytest.raises(ValueError, match="unknown spacing 'cubic'"):
+        spaced_timesteps(100, 5, "cubic")
+    with pytest.raises(ValueError, match="spacing='quad' applies to the ddim and ddpm samplers"):
+        sample(lambda x, t: torch.zeros_like(x), gd, (1, 2), sampler="dpmpp2m", steps=4, spacing="quad", clamp=False)

@@ -255,6 +255,27 @@ class GaussianDiffusion:
             - self._extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
         )
 
+    def pred_x0_from_output(self, x_t, t, mean_out):
+        """The network's mean channels as x̂_0, whatever it predicts (:attr:`mean_type`); not clipped."""
+        if self.mean_type == "eps":
+            return self.pred_x0_from_eps(x_t, t, mean_out)
+        if self.mean_type == "x0":
+            return mean_out
+        return self.pred_x0_from_v(x_t, t, mean_out)
+
+    def eps_from_output(self, x_t, t, mean_out):
+        """The network's mean channels as ε̂, whatever it predicts (:attr:`mean_type`): the ε of the formulas that
+        are written for an ε-network (guidance as a score, the implicit classifier). For a v-network
+        ε = √ᾱ_t v + √(1-ᾱ_t) x_t; for an x_0-network ε = (x_t - √ᾱ_t x_0) / √(1-ᾱ_t)."""
+        if self.mean_type == "eps":
+            return mean_out
+        if self.mean_type == "x0":
+            return self.eps_from_pred_x0(x_t, t, mean_out)
+        return (
+            self._extract(self.sqrt_alphas_cumprod, t, x_t) * mean_out
+            + self._extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t
+        )
+
     # ------------------------------------------------------------------------------------------ reverse process
     def _resolve_clip(self, clip_denoised: bool | None) -> bool:
         return self.data_type == "image" if clip_denoised is None else bool(clip_denoised)
@@ -284,12 +305,7 @@ class GaussianDiffusion:
                 table = torch.exp(self.posterior_log_variance_clipped)
             log_variance = self._extract(torch.log(table), t, x_t).expand_as(x_t)
 
-        if self.mean_type == "eps":
-            pred_x0 = self.pred_x0_from_eps(x_t, t, mean_out)
-        elif self.mean_type == "x0":
-            pred_x0 = mean_out
-        else:
-            pred_x0 = self.pred_x0_from_v(x_t, t, mean_out)
+        pred_x0 = self.pred_x0_from_output(x_t, t, mean_out)
         if denoised_fn is not None:
             pred_x0 = denoised_fn(pred_x0)
         if self._resolve_clip(clip_denoised):

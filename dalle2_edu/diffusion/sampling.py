@@ -35,11 +35,40 @@ Heun fails on a cosine schedule (σ_max ≈ 2·10⁴: on the shipped decoder at 
 ODE_SAMPLERS = ("dpmpp2m", "euler", "heun")
 
 
-def respaced(gd: GaussianDiffusion, steps: int) -> GaussianDiffusion:
-    """``gd`` respaced to ``steps`` steps by Improved DDPM's rule (which keeps both t = 0 and t = T - 1)."""
-    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= gd.num_timesteps:
-        raise ValueError(f"steps must be a whole number in [1, {gd.num_timesteps}], got {steps!r}")
-    return gd if steps == gd.num_timesteps else gd.respace(space_timesteps(gd.num_timesteps, [steps]))
+SPACINGS = ("even", "quad")
+"""Which ``steps`` of the T original ones a respaced ``ddim``/``ddpm`` sampler visits (:func:`spaced_timesteps`):
+``"even"``, Improved DDPM's rule, evenly from t = 0 to T - 1; ``"quad"``, DDIM's quadratic spacing, dense at low
+noise. A model that is told most of the picture (the upsamplers, given the low-resolution one) has little to decide
+at high noise and much fine detail to finish at low noise: there ``"quad"`` spends its few steps where they count."""
+
+
+def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "even") -> list[int]:
+    """The ``steps`` timesteps of T that :func:`respaced` keeps, increasing, from 0 to T - 1 (both kept when
+    ``steps`` >= 2).
+
+    ``"even"``: Improved DDPM's rule (``space_timesteps(T, [steps])``). ``"quad"``: t_j = round((T - 1)·(j / (K - 1))²)
+    for j = 0 … K - 1 (K = ``steps``; DDIM's quadratic spacing, Song et al. 2021), each pushed one step past the one
+    before where rounding would repeat it (so the K steps stay distinct for any K <= T).
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps must be a whole number in [1, {num_timesteps}], got {steps!r}")
+    if spacing == "even" or steps == 1 or steps == num_timesteps:
+        return sorted(space_timesteps(num_timesteps, [steps]))
+    out: list[int] = []
+    for j in range(steps):
+        t = round((num_timesteps - 1) * (j / (steps - 1)) ** 2)
+        # distinct, and leaving room for the steps still to come below T
+        out.append(min(max(t, out[-1] + 1 if out else 0), num_timesteps - steps + j))
+    return out
+
+
+def respaced(gd: GaussianDiffusion, steps: int, spacing: str = "even") -> GaussianDiffusion:
+    """``gd`` respaced to ``steps`` steps chosen by ``spacing`` (:func:`spaced_timesteps`; ``"even"``: Improved
+    DDPM's rule, which keeps both t = 0 and t = T - 1)."""
+    timesteps = spaced_timesteps(gd.num_timesteps, steps, spacing)
+    return gd if steps == gd.num_timesteps else gd.respace(timesteps)
 
 
 def check_sampler(sampler: str) -> str:
@@ -87,6 +116,7 @@ def sample_progressive(
     desc: str | None = None,
     generator: torch.Generator | None = None,
     device=None,
+    spacing: str = "even",
 ) -> Iterator[dict]:
     """:func:`sample`, yielding ``dict(sample, pred_x0, t)`` after every step (for the explorers and animations).
 
@@ -95,14 +125,21 @@ def sample_progressive(
     :param generator: a CPU ``torch.Generator`` to draw from instead of a fresh one seeded with ``seed`` (e.g. one
         that already drew the starting noise).
     :param device: where to sample (default: the network's device, else the noise's, else the CPU).
+    :param spacing: which steps ``ddim``/``ddpm`` visit (:data:`SPACINGS`); the ODE solvers pick their own and take
+        ``"even"`` only.
     """
     check_sampler(sampler)
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if sampler in ODE_SAMPLERS:
         if eta != 0:
             raise ValueError(f"eta={eta} applies to sampler='ddim' only; the {sampler!r} sampler is deterministic")
+        if spacing != "even":
+            raise ValueError(f"spacing={spacing!r} applies to the ddim and ddpm samplers; {sampler!r} picks its own "
+                             "noise levels")  # fmt: skip
         spaced, calls = gd, max_steps(sampler, gd.num_timesteps) if steps is None else steps  # checked there
     else:
-        spaced = respaced(gd, gd.num_timesteps if steps is None else steps)
+        spaced = respaced(gd, gd.num_timesteps if steps is None else steps, spacing)
         calls = spaced.num_timesteps
     module = _module_of(model)
     device = torch.device(device) if device is not None else _device_of(module, noise)

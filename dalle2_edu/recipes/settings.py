@@ -100,7 +100,11 @@ def _recipes() -> dict[str, dict[str, StageSettings]]:
     clip = S(800, 256, 2e-3, warmup_steps=80, ema_decay=0.995, weight_decay=0.05, lr_schedule="cosine",
              ckpt_every=200, options={"augment": True})  # fmt: skip
     prior = S(2000, 128, 1e-3, warmup_steps=200, ckpt_every=500)
-    decoder = S(1500, 64, 3e-4, warmup_steps=150, options={"init_from": "attributes"})
+    # The decoder predicts v: its loss then weights each step's x_0 error by SNR + 1 (ε-prediction weights it by SNR),
+    # so the noisiest steps, where the picture's overall brightness is decided, are learnt from z_i. Predicting ε, the
+    # shipped decoder ignored z_i there and drew white backgrounds grey (docs/BENCHMARKS.md §3.1).
+    decoder = S(1500, 64, 3e-4, warmup_steps=150, model={"diffusion": {"mean_type": "v"}},
+                options={"init_from": "attributes"})
     upsampler = S(800, 32, 1e-3, warmup_steps=200)
     # 32×32 crops of 128×128 pictures: the same cost per step as the first upsampler. 4 000 pictures (drawn at 128 in
     # about a minute, cached) are plenty for a convolutional network that only sees 32×32 windows of them.
@@ -131,7 +135,7 @@ def _recipes() -> dict[str, dict[str, StageSettings]]:
         full,
         clip=clip,
         prior=replace(prior, steps=3000, batch_size=512, lr=1e-3, warmup_steps=300, ckpt_every=1000),
-        decoder=S(2500, 512, 6e-4, warmup_steps=250, ckpt_every=500, options={"init_from": "attributes"}),
+        decoder=replace(decoder, steps=2500, batch_size=512, lr=6e-4, warmup_steps=250, ckpt_every=500),
         upsampler=replace(upsampler, steps=1200, batch_size=256, lr=1e-3, ckpt_every=400),
         upsampler128=replace(upsampler128, steps=4000, batch_size=128, n_train=20_000, ckpt_every=1000),
         attributes=replace(attributes, steps=6000, batch_size=256, lr=6e-4, ckpt_every=1000),

@@ -441,6 +441,7 @@ def upsample(
     eta: float = 0.0,
     seed: int = 0,
     progress: bool = False,
+    spacing: str = "even",
 ) -> torch.Tensor:
     """Draw one high-resolution picture for each low-resolution one.
 
@@ -452,6 +453,8 @@ def upsample(
         ``"dpmpp2m"``, ``"euler"``, ``"heun"``, for which ``steps`` counts network calls on the full process (see
         :data:`~dalle2_edu.diffusion.sampling.SAMPLERS`).
     :param seed: fixes the starting noise and every step's noise.
+    :param spacing: which steps ``ddim``/``ddpm`` visit (:data:`~dalle2_edu.diffusion.sampling.SPACINGS`):
+        ``"quad"`` spends few steps on the fine detail an upsampler finishes at low noise (``generate`` uses it).
     :return: (B, 3, 2h, 2w) float in [-1, 1], on the model's device.
     """
     low = check_low_res(low_res, model.config.low_res_size)
@@ -461,7 +464,8 @@ def upsample(
         raise ValueError(f"low_res is {h}x{w}; twice that must be divisible by {m} (this UNet's size multiple)")
     low = low.to(next(model.parameters()).device)
     return sample(model, gd, (B, 3, 2 * h, 2 * w), sampler=sampler, steps=steps, eta=eta, seed=seed,
-                  model_kwargs={"low_res": low}, progress=progress, desc=f"upsampler {2 * h}x{2 * w}")
+                  model_kwargs={"low_res": low}, progress=progress, desc=f"upsampler {2 * h}x{2 * w}",
+                  spacing=spacing)  # fmt: skip
 
 
 def interpolate_upsample(low_res: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
@@ -519,6 +523,7 @@ def evaluate_upsampler(
     progress: bool = False,
     real: torch.Tensor | None = None,
     sampler: str = "ddim",
+    spacing: str = "even",
 ) -> dict:
     """Upsample the test split's half-size pictures (32×32, or 64×64 for the second upsampler) and compare with the
     real ones at the model's ``image_size``, beside bilinear and bicubic.
@@ -549,12 +554,13 @@ def evaluate_upsampler(
     for i in range(0, n, batch_size):
         chunk = low[i : i + batch_size]
         outs["diffusion"].append(upsample(model, gd, chunk, steps=steps, seed=seed + i, progress=progress,
-                                          sampler=sampler).cpu())  # fmt: skip
+                                          sampler=sampler, spacing=spacing).cpu())  # fmt: skip
         outs["bilinear"].append(interpolate_upsample(chunk, "bilinear"))
         outs["bicubic"].append(interpolate_upsample(chunk, "bicubic"))
     outs = {k: torch.cat(v) for k, v in outs.items()}
     real_energy = laplacian_energy(real).mean().item()
-    report = {"n": n, "steps": steps, "sampler": sampler, "eta": 0.0, "input_blur": input_blur, "seed": seed}
+    report = {"n": n, "steps": steps, "sampler": sampler, "spacing": spacing, "eta": 0.0, "input_blur": input_blur,
+              "seed": seed}  # fmt: skip
     for name, x in outs.items():
         p = psnr(x, real)
         report[name] = {
