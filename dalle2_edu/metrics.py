@@ -746,11 +746,11 @@ def background_grain(images: torch.Tensor, fraction: float = CORNER_FRACTION) ->
 
     :param images: (B, 3, H, W) in [-1, 1] or uint8. :return: (B,).
     """
+    from dalle2_edu.stages.upsampler import laplacian_energy
+
     squares = corner_squares(images, fraction)
     B, K, C, s, _ = squares.shape
-    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], device=squares.device)
-    lap = F.conv2d(squares.reshape(B * K, C, s, s), kernel[None, None].expand(C, 1, 3, 3), groups=C)
-    return lap.pow(2).reshape(B, -1).mean(dim=1)
+    return laplacian_energy(squares.reshape(B * K, C, s, s)).view(B, K).mean(dim=1)  # squares of equal size
 
 
 def grain_ratio(
@@ -780,7 +780,9 @@ def grain_ratio(
 
 
 def _float_pictures(images: torch.Tensor) -> torch.Tensor:
+    from dalle2_edu.images import to_float
+
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a tensor of shape (N, C, H, W), got {shape}")
-    return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+    return to_float(images).float()
