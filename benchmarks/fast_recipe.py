@@ -69,7 +69,21 @@ def one_command(out: Path, seed: int, cold_cache: bool, recipe: str = "fast") ->
     row = row_from_report(json.loads((out / "report.json").read_text()), wall)
     row["command"] = " ".join(["python"] + command[1:])
     row["cold_cache"] = cold_cache
+    row["machine"] = machine()
     return row
+
+
+def machine() -> dict:
+    """The CPU a run timed on and the precision ``--precision auto`` gave there (bf16 where the CPU has AMX)."""
+    import platform
+
+    import torch
+
+    from dalle2_edu.utils import cpu_has_native_bf16
+
+    return {"cpu": platform.processor() or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": cpu_has_native_bf16(), "auto_precision": "bf16" if cpu_has_native_bf16() else "fp32",
+            "threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
 
 
 def control(source: Path, out: Path, recipe: str = "fast") -> dict:

@@ -101,6 +101,138 @@ def time_ddim(model, fwd, fmt, amp):
     return BATCH / (time.perf_counter() - start)
 
 
+# ------------------------------------------------------------------------------------------------------------------
+# Issue 13, goal 1: the decoder's training step as `train decoder` runs it, against diffusers as it comes
+STEP_BATCHES = (32, 64, 128)
+
+
+def decoder_trainer(batch: int, precision: str = "auto", memory_format=torch.contiguous_format, sdpa_bf16=False):
+    """A Trainer set up as ``python -m dalle2_edu train decoder`` sets one up (the ``fast`` recipe, the default: its
+    network, loss, optimizer, clipping, EMA and ``--precision``), on random pictures and embeddings (speed only).
+
+    ``sdpa_bf16``: attention through torch's CPU flash kernel in bf16, as before 2026-12-04 (the lever measured)."""
+    from dalle2_edu.recipes.settings import recipe_for
+    from dalle2_edu.stages.decoder import CLIPDecoder, DecoderConfig, decoder_loss_fn
+    from dalle2_edu.train import Trainer
+
+    s = recipe_for("fast", "decoder")
+    config = DecoderConfig.from_dict({**DecoderConfig().to_dict(), **s.model})
+    torch.manual_seed(0)
+    model = CLIPDecoder(config).to(memory_format=memory_format)
+    data = (torch.randint(0, 256, (4096, 3, SIZE, SIZE), dtype=torch.uint8), torch.randn(4096, config.clip_dim))
+    kwargs = {k: v for k, v in s.trainer_kwargs().items() if k != "ckpt_every"}
+    trainer = Trainer(model, decoder_loss_fn(config.diffusion.build(), config), data, batch_size=batch, lr=s.lr,
+                      amp=precision, progress=False, **kwargs)  # fmt: skip
+    if sdpa_bf16:
+        import torch.nn.functional as F
+
+        from dalle2_edu.nets import layers
+
+        def step(original=trainer._train_step):
+            saved = layers.attention
+            layers.attention = lambda q, k, v, mask=None, dropout_p=0.0: F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            try:
+                return original()
+            finally:
+                layers.attention = saved
+
+        trainer._train_step = step
+    return trainer
+
+
+def diffusers_step(batch: int, amp=None):
+    """diffusers' UNet2DModel of matched size as it comes: fp32 (or ``amp`` autocast), NCHW, a plain AdamW step."""
+    model = theirs()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, t = torch.randn(batch, 3, SIZE, SIZE), torch.randint(0, 1000, (batch,))
+    target = torch.randn(batch, 6, SIZE, SIZE)
+
+    def step():
+        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+            loss = (model(x, t).sample.float() - target).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def step_variants(batches=STEP_BATCHES, compile_too=False) -> dict:
+    """name -> (batch, step function). ``ours`` is the Trainer's own step; its first call warms up."""
+    out = {}
+    for b in batches:
+        out[f"ours default (auto) b{b}"] = (b, decoder_trainer(b)._train_step)
+        out[f"ours fp32 b{b}"] = (b, decoder_trainer(b, "fp32")._train_step)
+        out[f"diffusers fp32 b{b}"] = (b, diffusers_step(b))
+    b = batches[0]
+    out[f"diffusers bf16 b{b}"] = (b, diffusers_step(b, torch.bfloat16))
+    out[f"ours bf16 + channels_last b{b}"] = (b, decoder_trainer(b, "bf16", torch.channels_last)._train_step)
+    out[f"ours bf16, attention in bf16 b{b}"] = (b, decoder_trainer(b, "bf16", sdpa_bf16=True)._train_step)
+    if compile_too:
+        trainer = decoder_trainer(b)
+        trainer.model.compile()
+        start = time.perf_counter()
+        trainer._train_step()
+        out["compile_seconds"] = time.perf_counter() - start
+        out[f"ours default + torch.compile b{b}"] = (b, trainer._train_step)
+    return out
+
+
+def time_steps(batch: int, step, steps: int = 4) -> float:
+    step()  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def decoder_flops_per_picture(batch: int = 32) -> float:
+    """FLOPs of the decoder's forward + backward per picture (the loss as the Trainer computes it)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    trainer = decoder_trainer(batch, "fp32")
+    with FlopCounterMode(display=False) as counter:
+        loss = trainer.loss_fn(trainer.model, trainer._next_batch())
+        (loss["loss"] if isinstance(loss, dict) else loss[0] if isinstance(loss, tuple) else loss).backward()
+    return counter.get_total_flops() / batch
+
+
+def train_step_table(rounds: int, batches=STEP_BATCHES, compile_too=False) -> dict:
+    from dalle2_edu.utils import resolve_precision
+
+    variants = step_variants(batches, compile_too)
+    compile_s = variants.pop("compile_seconds", None)
+    rates = {n: [] for n in variants}
+    for r in range(rounds):
+        for n, (b, step) in variants.items():
+            rates[n].append(time_steps(b, step))
+        print(f"train step, round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.0f}" for n, v in rates.items()),
+              flush=True)  # fmt: skip
+    med = {n: round(statistics.median(v), 1) for n, v in rates.items()}
+    peaks = matmul_peaks()
+    flops = decoder_flops_per_picture()
+    auto = resolve_precision("auto", torch.device("cpu"))
+    out = {
+        "what": "pictures per second of one training step (forward, backward, clipping, AdamW, EMA for ours), "
+                "median over rounds; ours = the Trainer of `train decoder` (fast recipe), diffusers = UNet2DModel of "
+                "matched size as it comes with a plain AdamW step",
+        "auto_precision_here": str(auto).replace("torch.", "") if auto else "fp32",
+        "images_per_s": med, "rounds": rounds, "matmul_peaks": peaks,
+        "decoder_gflop_per_picture": round(flops / 1e9, 3),
+        "ratio_default_over_diffusers_fp32": {f"b{b}": round(med[f"ours default (auto) b{b}"]
+                                                              / med[f"diffusers fp32 b{b}"], 3) for b in batches},
+        "ratio_fp32_over_diffusers_fp32": {f"b{b}": round(med[f"ours fp32 b{b}"] / med[f"diffusers fp32 b{b}"], 3)
+                                           for b in batches},
+        "gflops_achieved": {n: round(v * flops / 1e9, 1) for n, v in med.items() if n.startswith("ours")},
+    }  # fmt: skip
+    out["fraction_of_peak"] = {n: {k: round(g / peaks["gflops"][k], 3) for k in ("fp32", "bf16")}
+                               for n, g in out["gflops_achieved"].items()}  # fmt: skip
+    if compile_s is not None:
+        out["compile_seconds"] = round(compile_s, 1)
+    return out
+
+
 def matmul_peaks(n: int = 2048, repeats: int = 5) -> dict:
     """GFLOP/s of an n×n matmul in fp32 and in bf16 (median of ``repeats``): the two ceilings a training step is
     measured against."""
@@ -164,12 +296,20 @@ def main():
         "ours+channels_last+bf16,diffusers+channels_last+bf16",
     )
     parser.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile on CPU)")
+    parser.add_argument("--step-rounds", type=int, default=5, help="rounds of the training-step table (goal 1)")
+    parser.add_argument("--no-unet", action="store_true", help="only the training-step table, not the UNet table")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="docs/benchmarks/unet_throughput.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
+    step_table = train_step_table(args.step_rounds, compile_too=args.compile)
+    print(json.dumps(step_table, indent=2), flush=True)
+    if args.no_unet:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"train_step": step_table}, indent=2) + "\n")
+        return
     names = args.variants.split(",") + (["ours+compile", "diffusers+compile"] if args.compile else [])
     variants = {n: make_variant(n) for n in names}
     params = {n: sum(p.numel() for p in v[0].parameters()) for n, v in variants.items()}
@@ -185,6 +325,7 @@ def main():
 
     med = lambda xs: statistics.median(xs)
     result = {
+        "train_step": step_table,
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                     "torch": torch.__version__, "python": platform.python_version()},
         "batch": BATCH, "image_size": SIZE, "ddim_steps": DDIM_STEPS, "rounds": args.rounds,

@@ -456,8 +456,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default="runs/fast", help="checkpoint folder (resumable: run again to continue)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: each process its GPU)")
         p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                       help="auto: bf16/fp16 mixed precision on a GPU, fp32 on the CPU; bf16 forces bf16 autocast "
-                            "(CUDA or a CPU with AMX / AVX-512 BF16); fp32 turns mixed precision off")  # fmt: skip
+                       help="auto: bf16/fp16 mixed precision on a GPU, bf16 on a CPU with AMX / AVX-512 BF16, fp32 on "
+                            "other CPUs; bf16 forces bf16 autocast; fp32 turns mixed precision off")  # fmt: skip
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--overwrite-shipped", action="store_true",
                        help="allow --out to be data/checkpoints, replacing the shipped weights")  # fmt: skip

@@ -221,12 +221,13 @@ def classifier_loss(model: AttributeClassifier, batch: tuple[torch.Tensor, torch
     :return: ``dict(loss=..., ce_category=..., ce_colour=..., ce_pattern=..., ce_background=...)`` (nats per picture).
     """
     images, labels = batch
-    x, labels = augment(images), labels.clone()
-    which = torch.rand(len(x), device=x.device)
-    swapped = which < SWAPPED_FRACTION
-    recoloured = (which >= SWAPPED_FRACTION) & (which < SWAPPED_FRACTION + RECOLOURED_FRACTION)
-    x[swapped], labels[swapped] = swap_colours(x[swapped], labels[swapped])
-    x[recoloured] = recolour(x[recoloured])
+    with torch.autocast(images.device.type, enabled=False):  # the augmentations' colour maths in fp32 under any amp
+        x, labels = augment(images), labels.clone()
+        which = torch.rand(len(x), device=x.device)
+        swapped = which < SWAPPED_FRACTION
+        recoloured = (which >= SWAPPED_FRACTION) & (which < SWAPPED_FRACTION + RECOLOURED_FRACTION)
+        x[swapped], labels[swapped] = swap_colours(x[swapped], labels[swapped])
+        x[recoloured] = recolour(x[recoloured])
     logits = model(x)
     ce = {}
     for j, name in enumerate(ATTRIBUTES):

@@ -87,8 +87,8 @@ class Trainer:
     :param device: ``"auto"`` (CUDA, then MPS, then CPU), or any torch device. In distributed training on GPUs,
         ``"auto"`` and ``"cuda"`` mean this process's GPU (``cuda:LOCAL_RANK``, set by ``init_distributed``).
     :param amp: mixed precision: ``True`` / ``"auto"`` (bf16 on CUDA if the GPU supports it, otherwise fp16 with a
-        GradScaler; fp32 on the CPU), ``False`` / ``"fp32"``, ``"bf16"`` (CUDA or CPU) or ``"fp16"`` (CUDA). See
-        :func:`dalle2_edu.utils.resolve_precision`.
+        GradScaler; on the CPU bf16 where it has AMX / AVX-512 BF16, else fp32), ``False`` / ``"fp32"``, ``"bf16"``
+        (CUDA or CPU) or ``"fp16"`` (CUDA). See :func:`dalle2_edu.utils.resolve_precision`.
     :param seed: one seed for everything: Python's, NumPy's and torch's generators (seeded here, at construction) and
         the trainer's own batch generator.
     :param out_dir: folder for ``checkpoint.pt`` and ``samples/``; ``None`` saves nothing. ``fit`` locks it (see
@@ -259,7 +259,8 @@ class Trainer:
             # the constructor also copies rank 0's weights and buffers to every rank
             self._ddp = DistributedDataParallel(_LossModule(self.model), device_ids=device_ids, **(ddp_options or {}))
             self.ema_model.load_state_dict(self.model.state_dict())
-        self.optimizer = torch.optim.AdamW(self._params, lr=lr, betas=self.betas, weight_decay=weight_decay)
+        self.optimizer = torch.optim.AdamW(self._params, lr=lr, betas=self.betas, weight_decay=weight_decay,
+                                           foreach=True)  # one call per update step for all the tensors, on any device
 
         self.amp_dtype = resolve_precision(amp, self.device)
         amp = {"auto": True, "fp32": False}.get(amp, amp) if isinstance(amp, str) else amp  # as runs recorded it
@@ -457,7 +458,7 @@ class Trainer:
             raise
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         max_norm = self.grad_clip if self.grad_clip else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, max_norm))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, max_norm, foreach=True))
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():  # the fp16 scaler skips such steps itself
             raise FloatingPointError(self._nonfinite_message(f"the gradient norm is {grad_norm}"))
         self.scaler.step(self.optimizer)
@@ -509,11 +510,11 @@ class Trainer:
     def _update_ema(self) -> None:
         """ema <- ema + (1 - decay) * (weights - ema) with :meth:`ema_decay_at`; a plain copy before ``ema_start``."""
         decay = self.ema_decay_at(self.step)
-        for ema_p, p in zip(self.ema_model.parameters(), self.model.parameters()):
-            if decay == 0.0:
-                ema_p.copy_(p)
-            else:
-                ema_p.lerp_(p, 1.0 - decay)
+        ema_params, params = list(self.ema_model.parameters()), list(self.model.parameters())
+        if decay == 0.0:
+            torch._foreach_copy_(ema_params, params)
+        else:  # one call for all the tensors instead of a Python loop over them (~400 in the decoder)
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         for ema_b, b in zip(self.ema_model.buffers(), self.model.buffers()):
             ema_b.copy_(b)
 

@@ -25,9 +25,28 @@ def test_bf16_detection_reads_the_cpu_flags():
     assert not cpu_has_native_bf16("model name : amx_bf16 lookalike\n")  # only the flags line counts
 
 
-def test_precision_on_the_cpu():
-    assert resolve_precision("auto", CPU) is None and resolve_precision(True, CPU) is None  # fp32 by default
-    assert resolve_precision("fp32", CPU) is None and resolve_precision(False, CPU) is None
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_on_the_cpu(monkeypatch, native):
+    import dalle2_edu.utils as utils
+
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda cpuinfo=None: native)
+    auto = torch.bfloat16 if native else None  # bf16 where the CPU has AMX / AVX-512 BF16, fp32 elsewhere
+    assert resolve_precision("auto", CPU) is auto and resolve_precision(True, CPU) is auto
+    assert resolve_precision("fp32", CPU) is None and resolve_precision(False, CPU) is None  # forced fp32: always
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # forced bf16 without native bf16 warns (tested below)
+        assert resolve_precision("bf16", CPU) is torch.bfloat16  # forced bf16: always
+
+
+def test_this_cpus_auto_follows_its_flags():
+    from pathlib import Path
+
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    native = "amx_bf16" in flags or "avx512_bf16" in flags
+    assert resolve_precision("auto", CPU) is (torch.bfloat16 if native else None)
 
 
 def test_forced_bf16_on_a_cpu_warns_only_without_native_bf16(monkeypatch):
@@ -100,10 +119,16 @@ def test_training_in_forced_fp32_and_forced_bf16():
     json.dumps(bf16.config)  # recorded as JSON
 
 
-def test_auto_is_recorded_as_runs_before_it_were():
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_is_recorded_as_runs_before_it_were(monkeypatch, native):
     # runs made before --precision recorded amp=True; "auto" must resume them without a settings mismatch
-    _, trainer, _ = _fit("auto", steps=1)
-    assert trainer.config["trainer"]["amp"] is True and trainer.amp_dtype is None
+    import dalle2_edu.utils as utils
+
+    monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda cpuinfo=None: native)
+    model, trainer, _ = _fit("auto", steps=1)
+    assert trainer.config["trainer"]["amp"] is True
+    assert trainer.amp_dtype is (torch.bfloat16 if native else None)
+    assert set(model.seen) == {torch.bfloat16 if native else torch.float32}
 
 
 def test_the_recipes_and_the_command_line_take_a_precision(tmp_path, capsys):

@@ -116,6 +116,23 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              dropout_p: float = 0.0) -> torch.Tensor:
+    """``softmax(q kᵀ / √d + mask) v`` through ``F.scaled_dot_product_attention``: q (B, heads, T, d), k and v
+    (B, heads, S, d), a boolean ``mask`` (True: may attend) broadcastable to (B, heads, T, S) → (B, heads, T, d).
+
+    On the CPU, bf16 inputs are computed in fp32 and the result cast back: torch's CPU flash-attention kernel is
+    several times slower in bf16 than in fp32 at this project's sizes (64 pixel tokens, head width 16: 13.6 ms against
+    2.0 ms for a batch of 32, forward and backward, on a 2-core AMX Xeon; docs/BENCHMARKS.md §2), and the attention
+    matrices are too small for bf16's bandwidth saving to matter. Elsewhere (CUDA) the inputs' dtype is kept.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=dropout_p)
+        return out.to(torch.bfloat16)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
 class AttentionBlock(nn.Module):
     """Multi-head self-attention over the H*W pixels, optionally also attending to context tokens.
 
@@ -195,7 +212,7 @@ class AttentionBlock(nn.Module):
                 pixels = torch.ones(B, H * W, dtype=torch.bool, device=x.device)
                 mask = torch.cat([context_mask.to(torch.bool), pixels], dim=1)[:, None, None, :]
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)  # (B, heads, T or L+T, C/heads)
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)  # (B, heads, T, C/heads)
+        out = attention(q, k.to(q.dtype), v.to(q.dtype), mask)  # (B, heads, T, C/heads)
         out = out.transpose(1, 2).reshape(B, H * W, C)  # (B, T, C)
         out = self.proj_out(out).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
         return x + out

@@ -22,10 +22,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dalle2_edu.nets.layers import timestep_embedding
+from dalle2_edu.nets.layers import attention, timestep_embedding
 
 NUM_SPECIAL = 4  # text embedding, timestep, x_t, query
 
@@ -94,7 +93,8 @@ def prior_attention_mask(key_valid: torch.Tensor) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention through ``F.scaled_dot_product_attention`` with an explicit boolean mask."""
+    """Multi-head self-attention through ``F.scaled_dot_product_attention`` (:func:`~dalle2_edu.nets.layers.attention`)
+    with an explicit boolean mask."""
 
     def __init__(self, width: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
@@ -113,7 +113,7 @@ class CausalSelfAttention(nn.Module):
         qkv = self.qkv(x).view(B, S, 3, self.num_heads, D // self.num_heads)  # (B, S, 3, nh, hs)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, nh, S, hs)
         p = self.dropout if self.training else 0.0
-        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, S, hs)
+        h = attention(q, k, v, mask, dropout_p=p)  # (B, nh, S, hs); fp32 inside for bf16 on the CPU
         return self.proj(h.transpose(1, 2).reshape(B, S, D))
 
 
