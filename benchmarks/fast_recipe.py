@@ -81,9 +81,11 @@ def machine() -> dict:
 
     from dalle2_edu.utils import cpu_has_native_bf16
 
-    return {"cpu": platform.processor() or platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "native_bf16": cpu_has_native_bf16(), "auto_precision": "bf16" if cpu_has_native_bf16() else "fp32",
-            "threads": torch.get_num_threads(), "torch": torch.__version__}  # fmt: skip
+    native = cpu_has_native_bf16()
+    return {"cpu": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native,
+            "auto_precision": "bf16" if native else "fp32", "threads": torch.get_num_threads(),
+            "torch": torch.__version__}  # fmt: skip
 
 
 def control(source: Path, out: Path, recipe: str = "fast") -> dict:

@@ -6,8 +6,8 @@ loss, and the trainer does the rest:
 * draws batches itself (shuffled epochs, from its own seeded ``torch.Generator``) and moves them to the device,
 * AdamW with a linear learning-rate warm-up (then constant, or a cosine decay), gradient-norm clipping,
 * an exponential moving average (EMA) of the weights, which is what sampling code should use,
-* mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler), bf16 on the CPU when asked for;
-  plain fp32 otherwise,
+* mixed precision on CUDA (bf16 where supported, else fp16 with a gradient scaler), bf16 on CPUs that have it in
+  hardware (AMX / AVX-512 BF16); plain fp32 otherwise,
 * a progress bar, a loss history, sample grids every ``sample_every`` steps,
 * atomic checkpoints that resume *exactly* (same batches, same dropout masks, same noise) as an unbroken run,
 * a clear stop on NaN/inf losses, and a checkpoint on Ctrl-C or SIGTERM so that nothing trained is lost,
@@ -259,8 +259,7 @@ class Trainer:
             # the constructor also copies rank 0's weights and buffers to every rank
             self._ddp = DistributedDataParallel(_LossModule(self.model), device_ids=device_ids, **(ddp_options or {}))
             self.ema_model.load_state_dict(self.model.state_dict())
-        self.optimizer = torch.optim.AdamW(self._params, lr=lr, betas=self.betas, weight_decay=weight_decay,
-                                           foreach=True)  # one call per update step for all the tensors, on any device
+        self.optimizer = torch.optim.AdamW(self._params, lr=lr, betas=self.betas, weight_decay=weight_decay)
 
         self.amp_dtype = resolve_precision(amp, self.device)
         amp = {"auto": True, "fp32": False}.get(amp, amp) if isinstance(amp, str) else amp  # as runs recorded it
@@ -458,7 +457,7 @@ class Trainer:
             raise
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         max_norm = self.grad_clip if self.grad_clip else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, max_norm, foreach=True))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._params, max_norm))
         if not math.isfinite(grad_norm) and not self.scaler.is_enabled():  # the fp16 scaler skips such steps itself
             raise FloatingPointError(self._nonfinite_message(f"the gradient norm is {grad_norm}"))
         self.scaler.step(self.optimizer)

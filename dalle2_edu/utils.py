@@ -112,8 +112,8 @@ def resolve_precision(amp: bool | str, device: torch.device) -> torch.dtype | No
 
     * ``"auto"`` (or ``True``): on CUDA bf16 where the GPU supports it, otherwise fp16 (with a gradient scaler); on
       the CPU bf16 where it computes bf16 in hardware (:func:`cpu_has_native_bf16`: AMX or AVX-512 BF16), where the
-      decoder's training step runs 1.6–2× faster than fp32 with loss curves within fp32's seed-to-seed spread
-      (docs/BENCHMARKS.md §2), and fp32 on other CPUs (there bf16 is emulated, many times slower) and on MPS.
+      decoder's default training step runs 1.58× faster than fp32 with loss curves within fp32's seed-to-seed
+      spread (docs/BENCHMARKS.md §2.1), and fp32 on other CPUs (there bf16 is emulated, many times slower) and on MPS.
     * ``"fp32"`` (or ``False``): no autocast anywhere.
     * ``"bf16"``: bf16 autocast on CUDA and on the CPU (a warning on a CPU without native bf16: it runs, slowly).
     * ``"fp16"``: CUDA only.

@@ -366,3 +366,35 @@ def test_an_embedding_cache_that_cannot_be_written_warns_and_goes_on(clip, tmp_p
     with pytest.warns(UserWarning, match="DALLE2_EDU_DATA"):
         out = embed_dataset(clip, images(4), CAPTIONS[:4], cache_dir=tmp_path / "cache", progress=False)
     assert out["image_emb"].shape == (4, clip.embed_dim) and not (tmp_path / "cache").exists()
+
+
+def test_attention_runs_in_fp32_under_cpu_bf16_autocast():
+    """open_clip's attention layers (the text tower's nn.MultiheadAttention, the ResNet's AttentionPool2d) compute in
+    fp32 under bf16 autocast on the CPU, where torch's bf16 flash-attention kernel is slow; weights and state-dict
+    names stay open_clip's, and the embeddings follow fp32 within bf16 rounding."""
+    from open_clip.model import CLIP
+    from open_clip.modified_resnet import AttentionPool2d
+
+    torch.manual_seed(0)
+    config = tiny_config(vision_layers=[1, 1, 1, 1], vision_width=16, vision_heads=2)
+    model = ProductCLIP(config).eval()
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.MultiheadAttention, AttentionPool2d))]
+    assert any(isinstance(m, AttentionPool2d) for m in layers) and any(
+        isinstance(m, torch.nn.MultiheadAttention) for m in layers)  # fmt: skip
+    assert all(type(m).__name__.endswith("FP32OnCPU") for m in layers)
+    plain = CLIP(**config.open_clip_config())
+    assert list(model.model.state_dict()) == list(plain.state_dict())  # the same names: shipped weights load
+    dtypes = []
+    hooks = [m.register_forward_hook(lambda m, i, out: dtypes.append((out[0] if isinstance(out, tuple) else out).dtype))
+             for m in layers]  # fmt: skip
+    x, captions = images(4), CAPTIONS[:4]
+    with torch.no_grad():
+        ref = model.encode_image(x), model.encode_text(captions)
+        dtypes.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.encode_image(x), model.encode_text(captions)
+    for h in hooks:
+        h.remove()
+    assert dtypes and set(dtypes) == {torch.float32}  # computed in fp32 inside autocast
+    for a, b in zip(ref, low):
+        assert F.cosine_similarity(a.float(), b.float(), dim=-1).min() > 0.99

@@ -76,4 +76,5 @@ if __name__ == "__main__":
     result = gradients(DistributedDataParallel(model), images[share], tokens[share])
     if info.is_main:
         torch.save(result, Path(sys.argv[1]) / "rank0.pt")
+    torch.distributed.barrier()  # leave together: a rank tearing gloo down while the other still writes can abort it
     cleanup()

@@ -17,6 +17,7 @@ from dalle2_edu.cli import main
 from dalle2_edu.datasets.shapes import read_shapes, write_shapes_folder
 from dalle2_edu.recipes import RECIPES, Runner, TrainingError, check_checkpoint_set, recipe_for, scale_steps
 from dalle2_edu.recipes.settings import STAGE_FILES
+from dalle2_edu.utils import resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,6 +67,8 @@ def test_the_runner_records_what_each_stage_was_trained_against(catalogue_run):
         assert report["trained_against"]["data"].startswith("catalogue-")
         assert report["command"].startswith("python -m dalle2_edu train")
         assert report["settings"]["steps"] == RECIPES["tiny"][stage].steps
+        # what --precision auto resolved to on this machine: bf16 on a CPU with AMX / AVX-512 BF16, else fp32
+        assert report["precision"] == ("bf16" if resolve_precision("auto", torch.device("cpu")) else "fp32")
     summary = json.loads((out / "report.json").read_text())
     assert set(summary["stages"]) == {"clip", "prior", "decoder"}
     # a second run is a no-op: every stage is up to date

@@ -324,3 +324,27 @@ def test_overfits_one_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_attention_helper_matches_the_softmax_formula_in_fp32_and_bf16():
+    from dalle2_edu.nets.layers import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g), torch.randn(2, 3, 7, 8, generator=g),
+               torch.randn(2, 3, 7, 8, generator=g))  # fmt: skip
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[0, ..., :2] = False  # the first example may not read its first two keys
+    scores = (q @ k.transpose(-1, -2)) / 8**0.5
+    expected = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ v
+    torch.testing.assert_close(attention(q, k, v, mask), expected, atol=1e-5, rtol=1e-5)
+    # bf16 inputs on the CPU: computed in fp32 inside (even under autocast), returned in bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), mask)
+    assert out.dtype == torch.bfloat16
+    exact_on_rounded = (q.bfloat16().float() @ k.bfloat16().float().transpose(-1, -2) / 8**0.5).masked_fill(
+        ~mask, float("-inf")).softmax(-1) @ v.bfloat16().float()  # fmt: skip
+    torch.testing.assert_close(out.float(), exact_on_rounded, atol=1e-5, rtol=2**-8)  # only the final rounding
+    # a masked key cannot change the output
+    v2 = v.clone()
+    v2[0, :, :2] += 100.0
+    torch.testing.assert_close(attention(q, k, v2, mask)[0], expected[0], atol=1e-5, rtol=1e-5)

@@ -87,6 +87,14 @@ def training_speed(trainer) -> dict:
             "steps_per_second": round(last["steps"] / last["seconds"], 2)}  # fmt: skip
 
 
+def _precision_name(trainer) -> str:
+    """What the stage trained in: ``"fp32"``, or the autocast dtype ``--precision`` resolved to (``auto`` is bf16 on a
+    CPU with AMX / AVX-512 BF16 and fp32 on other CPUs, so the report says which it was)."""
+    dtype = getattr(trainer, "amp_dtype", None)
+    return "fp32" if dtype is None else str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace(
+        "float16", "fp16")
+
+
 def check_out_folder(out: Path, overwrite_shipped: bool = False) -> None:
     """Refuse an output folder that would lose or mix work: the shipped checkpoints (unless asked explicitly), a
     file, an unwritable place, or a Trainer's own run folder."""
@@ -347,6 +355,7 @@ class Runner:
                 **loop,
                 "world_size": self.info.world_size if self.info else 1,
                 "device": self.device,
+                "precision": _precision_name(trainer),
                 "grade": grades,
                 "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
                 "date": datetime.date.today().isoformat(),

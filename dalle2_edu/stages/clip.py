@@ -361,11 +361,60 @@ class CLIPConfig:
         return cls(**d)
 
 
+def _cpu_bf16_autocast(x: torch.Tensor) -> bool:
+    on = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    return on and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+class _MultiheadAttentionFP32OnCPU(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` that computes in fp32 under bf16 autocast on the CPU (see below)."""
+
+    def forward(self, query, key, value, *args, **kwargs):
+        if _cpu_bf16_autocast(query):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(query.float(), key.float(), value.float(), *args, **kwargs)
+        return super().forward(query, key, value, *args, **kwargs)
+
+
+@functools.lru_cache(maxsize=1)
+def _attention_pool_fp32_on_cpu():
+    from open_clip.modified_resnet import AttentionPool2d
+
+    class _AttentionPool2dFP32OnCPU(AttentionPool2d):
+        """open_clip's attention pooling, computed in fp32 under bf16 autocast on the CPU (see below)."""
+
+        def forward(self, x):
+            if _cpu_bf16_autocast(x):
+                with torch.autocast("cpu", enabled=False):
+                    return super().forward(x.float())
+            return super().forward(x)
+
+    return AttentionPool2d, _AttentionPool2dFP32OnCPU
+
+
+def attention_in_fp32_under_cpu_bf16(model: nn.Module) -> nn.Module:
+    """Make open_clip's attention layers in ``model`` compute in fp32 when bf16 autocast is on and they run on the CPU.
+
+    Both of them (``nn.MultiheadAttention`` in the text tower, ``AttentionPool2d`` atop the ResNet) end in torch's CPU
+    flash-attention kernel, whose bf16 backward took 38% of a bf16 CLIP training step here (33 ms a call, against a
+    few ms in fp32; :func:`dalle2_edu.nets.layers.attention` does the same for the project's own networks, with the
+    figures in docs/BENCHMARKS.md §2.1). The layers keep their class's behaviour, weights and state-dict names: only
+    their ``__class__`` becomes a subclass whose ``forward`` upcasts under CPU bf16 autocast. Returns ``model``."""
+    pool, pool_fp32 = _attention_pool_fp32_on_cpu()
+    for module in model.modules():
+        if type(module) is nn.MultiheadAttention:
+            module.__class__ = _MultiheadAttentionFP32OnCPU
+        elif type(module) is pool:
+            module.__class__ = pool_fp32
+    return model
+
+
 class ProductCLIP(nn.Module):
     """A tiny open_clip ``CLIP`` with its compact tokenizer and the conventions unCLIP needs.
 
-    ``self.model`` is a plain ``open_clip.model.CLIP``; this wrapper adds tokenisation, input checks, the √d
-    scale, caption tokens for the prior, and zero-shot classification.
+    ``self.model`` is a plain ``open_clip.model.CLIP`` (its attention layers compute in fp32 under bf16 autocast on the
+    CPU: :func:`attention_in_fp32_under_cpu_bf16`); this wrapper adds tokenisation, input checks, the √d scale, caption
+    tokens for the prior, and zero-shot classification.
 
     :param config: a :class:`CLIPConfig` with a vocabulary (:func:`build_vocabulary`).
     """
@@ -377,6 +426,7 @@ class ProductCLIP(nn.Module):
         self.config = config
         self.tokenizer = CompactTokenizer(config.vocab, config.words, config.context_length)
         self.model = CLIP(**config.open_clip_config(), init_logit_scale=math.log(1 / config.init_temperature))
+        attention_in_fp32_under_cpu_bf16(self.model)
 
     # -- sizes ---------------------------------------------------------------------------------------------------------
 
