@@ -375,9 +375,13 @@ def test_attention_runs_in_fp32_under_cpu_bf16_autocast():
     from open_clip.model import CLIP
     from open_clip.modified_resnet import AttentionPool2d
 
+    from dalle2_edu.stages.clip import attention_in_fp32_under_cpu_bf16
+
     torch.manual_seed(0)
     config = tiny_config(vision_layers=[1, 1, 1, 1], vision_width=16, vision_heads=2)
     model = ProductCLIP(config).eval()
+    assert type(model.model.visual.attnpool) is AttentionPool2d  # open_clip's own classes until asked
+    attention_in_fp32_under_cpu_bf16(model.model)
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.MultiheadAttention, AttentionPool2d))]
     assert any(isinstance(m, AttentionPool2d) for m in layers) and any(
         isinstance(m, torch.nn.MultiheadAttention) for m in layers)  # fmt: skip
@@ -398,3 +402,19 @@ def test_attention_runs_in_fp32_under_cpu_bf16_autocast():
     assert dtypes and set(dtypes) == {torch.float32}  # computed in fp32 inside autocast
     for a, b in zip(ref, low):
         assert F.cosine_similarity(a.float(), b.float(), dim=-1).min() > 0.99
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp32"])
+def test_train_clip_computes_attention_in_fp32_only_when_it_trains_in_bf16_on_the_cpu(amp):
+    import warnings
+
+    from open_clip.modified_resnet import AttentionPool2d
+
+    config = tiny_config(vision_layers=[1, 1, 1, 1], vision_width=16, vision_heads=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # forced bf16 on a CPU without native bf16 warns (tests/test_precision.py)
+        _, trainer = train_clip(config, steps=1, batch_size=4, images=images(8), captions=CAPTIONS[:8], device="cpu",
+                                progress=False, amp=amp)  # fmt: skip
+    swapped = type(trainer.model.model.visual.attnpool).__name__.endswith("FP32OnCPU")
+    assert swapped == (amp == "bf16")
+    assert type(trainer.ema_model.model.visual.attnpool) is AttentionPool2d  # the returned model keeps open_clip's

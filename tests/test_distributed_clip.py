@@ -76,5 +76,12 @@ if __name__ == "__main__":
     result = gradients(DistributedDataParallel(model), images[share], tokens[share])
     if info.is_main:
         torch.save(result, Path(sys.argv[1]) / "rank0.pt")
-    torch.distributed.barrier()  # leave together: a rank tearing gloo down while the other still writes can abort it
+    torch.distributed.barrier()  # leave together
     cleanup()
+    # Skip the interpreter's teardown: after this test's autograd all_gather, a gloo rank sometimes aborted there
+    # ("terminate called without an active exception", about 1 run in 10 on 2 cores, before and after 2026-12-04),
+    # after every result had been written and the group left. The test checks what the ranks computed, not torch's
+    # exit path.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

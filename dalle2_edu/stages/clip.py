@@ -399,7 +399,10 @@ def attention_in_fp32_under_cpu_bf16(model: nn.Module) -> nn.Module:
     flash-attention kernel, whose bf16 backward took 38% of a bf16 CLIP training step here (33 ms a call, against a
     few ms in fp32; :func:`dalle2_edu.nets.layers.attention` does the same for the project's own networks, with the
     figures in docs/BENCHMARKS.md §2.1). The layers keep their class's behaviour, weights and state-dict names: only
-    their ``__class__`` becomes a subclass whose ``forward`` upcasts under CPU bf16 autocast. Returns ``model``."""
+    their ``__class__`` becomes a subclass whose ``forward`` upcasts under CPU bf16 autocast. Returns ``model``.
+
+    :func:`train_clip` applies it to the model it trains when the Trainer runs bf16 on the CPU, and only then: every
+    other model (the EMA it returns, a loaded CLIP, inference) keeps open_clip's own classes."""
     pool, pool_fp32 = _attention_pool_fp32_on_cpu()
     for module in model.modules():
         if type(module) is nn.MultiheadAttention:
@@ -412,9 +415,8 @@ def attention_in_fp32_under_cpu_bf16(model: nn.Module) -> nn.Module:
 class ProductCLIP(nn.Module):
     """A tiny open_clip ``CLIP`` with its compact tokenizer and the conventions unCLIP needs.
 
-    ``self.model`` is a plain ``open_clip.model.CLIP`` (its attention layers compute in fp32 under bf16 autocast on the
-    CPU: :func:`attention_in_fp32_under_cpu_bf16`); this wrapper adds tokenisation, input checks, the √d scale, caption
-    tokens for the prior, and zero-shot classification.
+    ``self.model`` is a plain ``open_clip.model.CLIP``; this wrapper adds tokenisation, input checks, the √d
+    scale, caption tokens for the prior, and zero-shot classification.
 
     :param config: a :class:`CLIPConfig` with a vocabulary (:func:`build_vocabulary`).
     """
@@ -426,7 +428,6 @@ class ProductCLIP(nn.Module):
         self.config = config
         self.tokenizer = CompactTokenizer(config.vocab, config.words, config.context_length)
         self.model = CLIP(**config.open_clip_config(), init_logit_scale=math.log(1 / config.init_temperature))
-        attention_in_fp32_under_cpu_bf16(self.model)
 
     # -- sizes ---------------------------------------------------------------------------------------------------------
 
@@ -830,6 +831,8 @@ def train_clip(
         seed=seed, out_dir=out_dir, progress=progress,
         config={"clip": config.to_dict(), "n_train": n_train, "augment": augment}, **kwargs,
     )  # fmt: skip
+    if trainer.amp_dtype == torch.bfloat16 and trainer.device.type == "cpu":
+        attention_in_fp32_under_cpu_bf16(trainer.model)  # bf16 attention is the slow part of a CPU bf16 step
     trainer.fit(steps, resume=out_dir is not None)
     return trainer.ema_model.eval(), trainer
 
