@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from fast_recipe import copy_clip_and_prior  # a sibling script: run this one as benchmarks/decoder_trial.py
 
 
 def trial(source: Path, out: Path, **changes) -> dict:
@@ -24,12 +25,7 @@ def trial(source: Path, out: Path, **changes) -> dict:
     from dalle2_edu.recipes import Runner
     from dalle2_edu.recipes.settings import RECIPES
 
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for name in ("clip_tiny", "prior"):
-        for ext in (".safetensors", ".json"):
-            shutil.copy(source / f"{name}{ext}", out / f"{name}{ext}")
+    copy_clip_and_prior(source, out)
     recipe = RECIPES["fast"]["decoder"]
     RECIPES["fast"]["decoder"] = replace(recipe, **changes)
     try:

@@ -88,6 +88,16 @@ def machine() -> dict:
             "torch": torch.__version__}  # fmt: skip
 
 
+def copy_clip_and_prior(source: Path, out: Path) -> None:
+    """A fresh ``out`` holding ``source``'s CLIP and prior (weights and reports), to train another decoder against."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name in ("clip_tiny", "prior"):
+        for ext in (".safetensors", ".json"):
+            shutil.copy(source / f"{name}{ext}", out / f"{name}{ext}")
+
+
 def control(source: Path, out: Path, recipe: str = "fast") -> dict:
     """The decoder of ``source`` retrained without min-SNR-γ on a copy of its CLIP and prior, then graded the same."""
     from dataclasses import replace
@@ -95,12 +105,7 @@ def control(source: Path, out: Path, recipe: str = "fast") -> dict:
     from dalle2_edu.recipes import Runner
     from dalle2_edu.recipes.settings import RECIPES
 
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for name in ("clip_tiny", "prior"):
-        for ext in (".safetensors", ".json"):
-            shutil.copy(source / f"{name}{ext}", out / f"{name}{ext}")
+    copy_clip_and_prior(source, out)
     decoder = RECIPES[recipe]["decoder"]
     model = {k: v for k, v in decoder.model.items() if k != "diffusion"}
     model["diffusion"] = {k: v for k, v in decoder.model.get("diffusion", {}).items() if k != "snr_gamma"}
