@@ -33,13 +33,6 @@ from dalle2_edu.stages.decoder import DecoderConfig, train_decoder
 from dalle2_edu.utils import cpu_has_native_bf16
 
 
-def _merge(base: dict, changes: dict) -> dict:
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def data(n_train: int, n_test: int):
     clip = load_clip()
     train = ProductCatalogue(n_train, split="train", seed=0, resolution=32, progress=False)
@@ -119,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     s = recipe_for("fast", "decoder")
     images, emb, test_images, test_emb = data(s.n_train, 512)
-    config = DecoderConfig.from_dict(_merge(DecoderConfig(clip_dim=emb.shape[1]).to_dict(), s.model))
+    config = DecoderConfig.from_dict({**DecoderConfig(clip_dim=emb.shape[1]).to_dict(), **s.model})  # fills diffusion
     runs = {}
     for precision in ("fp32", "bf16"):
         for seed in seeds:

@@ -90,9 +90,7 @@ def training_speed(trainer) -> dict:
 def _precision_name(trainer) -> str:
     """What the stage trained in: ``"fp32"``, or the autocast dtype ``--precision`` resolved to (``auto`` is bf16 on a
     CPU with AMX / AVX-512 BF16 and fp32 on other CPUs, so the report says which it was)."""
-    dtype = getattr(trainer, "amp_dtype", None)
-    return "fp32" if dtype is None else str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace(
-        "float16", "fp16")
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[getattr(trainer, "amp_dtype", None)]
 
 
 def check_out_folder(out: Path, overwrite_shipped: bool = False) -> None:
