@@ -3,6 +3,8 @@ then grade the pipeline exactly as ``train all`` does.
 
     python benchmarks/decoder_trial.py --source out/fast_recipe/seed0 --name b128 --batch 128 --steps 300 --lr 2e-3 \
         --warmup 30
+    python benchmarks/decoder_trial.py --source out/fast_recipe/seed0 --name p2 \
+        --model '{"unet": {"patch_size": 2, "model_channels": 64, "channel_mult": [1, 1]}}'
 
 How docs/BENCHMARKS.md §2.1 and §3.4 compared batch sizes and step counts for the fast recipe's decoder at equal CLIP
 and prior (the source folder is a finished ``train all --recipe fast`` run, e.g. one of ``benchmarks/fast_recipe.py``).
@@ -20,27 +22,49 @@ from pathlib import Path
 from fast_recipe import copy_clip_and_prior  # a sibling script: run this one as benchmarks/decoder_trial.py
 
 
-def trial(source: Path, out: Path, **changes) -> dict:
-    """The fast recipe's decoder with ``changes`` (StageSettings fields), trained on ``source``'s CLIP and prior."""
+def trial(source: Path, out: Path, seed: int = 0, **changes) -> dict:
+    """The fast recipe's decoder with ``changes`` (StageSettings fields), trained on ``source``'s CLIP and prior.
+    ``seed``: the decoder's and the evaluation's (the source run's own, to compare with its grades)."""
     from dalle2_edu.recipes import Runner
     from dalle2_edu.recipes.settings import RECIPES
+    from dalle2_edu.recipes.stages import _merge
 
     copy_clip_and_prior(source, out)
     recipe = RECIPES["fast"]["decoder"]
-    RECIPES["fast"]["decoder"] = replace(recipe, **changes)
+    model = _merge(recipe.model, changes.pop("model", {}))  # merged field by field into the recipe's model
+    RECIPES["fast"]["decoder"] = replace(recipe, **changes, model=model)
     try:
         start = time.perf_counter()
-        report = Runner(recipe="fast", out=out, device="cpu", seed=0, progress=False,
+        report = Runner(recipe="fast", out=out, device="cpu", seed=seed, progress=False,
                         command="benchmarks/decoder_trial.py").run("decoder,evaluate")  # fmt: skip
         seconds = time.perf_counter() - start
     finally:
         RECIPES["fast"]["decoder"] = recipe
     evaluation, decoder = report["stages"]["evaluate"], report["stages"]["decoder"]
-    return {"changes": changes, "source": str(source), "decoder_seconds": decoder.get("train_seconds"),
+    return {"changes": changes, "model": model, "seed": seed, "source": str(source),
+            "decoder_seconds": decoder.get("train_seconds"),
             "decoder_and_evaluation_seconds": round(seconds, 1),
             "seen": {k: evaluation["seen"][k] for k in ("colour", "category", "pattern", "background")},
             "heldout": {k: evaluation["heldout"][k] for k in ("colour", "category")},
             "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+
+
+def fid_and_grain(folder: Path, n_real: int) -> dict:
+    """FID, its floor and the grain ratio of a finished run's 32-px pictures (the evaluation's sampler and steps,
+    seen prompts), against ``n_real`` real test pictures: what the attribute grades do not see."""
+    import torch
+
+    from dalle2_edu.evaluate import evaluate_pipeline
+    from dalle2_edu.pipeline import UnCLIP
+    from dalle2_edu.recipes.settings import EVALUATION, EVALUATION_SAMPLER
+
+    pipe = UnCLIP.from_pretrained(folder, upsampler=False)
+    settings = EVALUATION["fast"]
+    with torch.no_grad():
+        report = evaluate_pipeline(pipe, n=settings["n"], seed=0, upsample=False, steps=settings["steps"],
+                                   sampler=EVALUATION_SAMPLER, fid_real=n_real, progress=False)  # fmt: skip
+    return {k: report[k] for k in ("fid", "fid_floor_train_vs_test", "fid_n", "kid", "kid_std")} | {
+        "grain_ratio": round(report["grain"]["ratio"], 3)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,12 +75,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--model", type=json.loads, default=None,
+                        help="JSON merged into the recipe's decoder model, e.g. '{\"unet\": {\"patch_size\": 2}}'")
+    parser.add_argument("--seed", type=int, default=0, help="the decoder's and the evaluation's seed")
+    parser.add_argument("--fid", type=int, default=0, metavar="N",
+                        help="also FID and grain against N real pictures, for the trial and for the source run")
     parser.add_argument("--out", default="out/decoder_trials")
     parser.add_argument("--report", default="docs/benchmarks/decoder_trials.json")
     args = parser.parse_args(argv)
     changes = {k: v for k, v in (("batch_size", args.batch), ("steps", args.steps), ("lr", args.lr),
-                                 ("warmup_steps", args.warmup)) if v is not None}  # fmt: skip
-    row = trial(Path(args.source), Path(args.out) / args.name, **changes)
+                                 ("warmup_steps", args.warmup), ("model", args.model)) if v is not None}  # fmt: skip
+    row = trial(Path(args.source), Path(args.out) / args.name, seed=args.seed, **changes)
+    if args.fid:
+        row["fid_and_grain"] = fid_and_grain(Path(args.out) / args.name, args.fid)
+        row["source_fid_and_grain"] = fid_and_grain(Path(args.source), args.fid)
     path = Path(args.report)
     result = json.loads(path.read_text()) if path.exists() else {"command": "python benchmarks/decoder_trial.py"}
     result.setdefault("trials", {})[args.name] = row

@@ -74,7 +74,8 @@ def one_command(out: Path, seed: int, cold_cache: bool, recipe: str = "fast") ->
 
 
 def machine() -> dict:
-    """The CPU a run timed on and the precision ``--precision auto`` gave there (bf16 where the CPU has AMX)."""
+    """The CPU a run timed on and the precision ``--precision auto`` gave there (bf16 where the CPU computes bf16 in
+    hardware: AMX or AVX-512 BF16)."""
     import platform
 
     import torch
@@ -82,7 +83,12 @@ def machine() -> dict:
     from dalle2_edu.utils import cpu_has_native_bf16
 
     native = cpu_has_native_bf16()
-    return {"cpu": platform.processor() or platform.machine(),
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
+    return {"cpu": platform.processor() or platform.machine(), "cpu_model": model, "amx": "amx_bf16" in info,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native,
             "auto_precision": "bf16" if native else "fp32", "threads": torch.get_num_threads(),
             "torch": torch.__version__}  # fmt: skip

@@ -105,19 +105,39 @@ def time_ddim(model, fwd, fmt, amp):
 # ------------------------------------------------------------------------------------------------------------------
 # Issue 13, goal 1: the decoder's training step as `train decoder` runs it, against diffusers as it comes
 STEP_BATCHES = (32, 64, 128)
+# diffusers' matched model (theirs) is matched to the decoder's (32, 64, 64): the baseline of issue 13's goal 1. The
+# levers that change the network are measured against that same baseline ("at equal quality, not equal parameters"),
+# and the (16, 64, 64) one against a diffusers model of its own widths too.
+def lever_unets() -> dict:
+    """The networks tried for goal 1 instead of the decoder's (32, 64, 64), by name: whole UNet configs. Their
+    grades at equal steps and at equal time: docs/benchmarks/decoder_trials.json (``benchmarks/decoder_trial.py``)."""
+    from dalle2_edu.stages.attributes import default_unet
+
+    w16 = {**default_unet(), "model_channels": 16, "channel_mult": [1, 4, 4]}
+    return {
+        "(16, 64, 64)": w16,
+        "(16, 64, 64) + narrow_upsample": {**w16, "narrow_upsample": True},
+        "patch 2, (64, 64)": {**default_unet(), "patch_size": 2, "model_channels": 64, "channel_mult": [1, 1]},
+    }
 
 
-def decoder_trainer(batch: int, precision: str = "auto", memory_format=torch.contiguous_format, sdpa_bf16=False):
+
+def decoder_trainer(batch: int, precision: str = "auto", memory_format=torch.contiguous_format, sdpa_bf16=False,
+                    unet: dict | None = None):
     """A Trainer set up as ``python -m dalle2_edu train decoder`` sets one up (the ``fast`` recipe, the default: its
     network, loss, optimizer, clipping, EMA and ``--precision``), on random pictures and embeddings (speed only).
 
-    ``sdpa_bf16``: attention through torch's CPU flash kernel in bf16, as before 2026-12-04 (the lever measured)."""
+    ``sdpa_bf16``: attention through torch's CPU flash kernel in bf16, as before 2026-12-04 (the lever measured).
+    ``unet``: the whole UNet config instead of the recipe's (e.g. one of :func:`lever_unets`)."""
     from dalle2_edu.recipes.settings import recipe_for
+    from dalle2_edu.recipes.stages import _merge
     from dalle2_edu.stages.decoder import CLIPDecoder, DecoderConfig, decoder_loss_fn
     from dalle2_edu.train import Trainer
 
     s = recipe_for("fast", "decoder")
-    config = DecoderConfig.from_dict({**DecoderConfig().to_dict(), **s.model})
+    config = DecoderConfig.from_dict(_merge(DecoderConfig().to_dict(), s.model))
+    if unet is not None:
+        config = DecoderConfig.from_dict({**config.to_dict(), "unet": unet})
     torch.manual_seed(0)
     model = CLIPDecoder(config).to(memory_format=memory_format)
     data = (torch.randint(0, 256, (4096, 3, SIZE, SIZE), dtype=torch.uint8), torch.randn(4096, config.clip_dim))
@@ -142,9 +162,21 @@ def decoder_trainer(batch: int, precision: str = "auto", memory_format=torch.con
     return trainer
 
 
-def diffusers_step(batch: int, amp=None):
-    """diffusers' UNet2DModel of matched size as it comes: fp32 (or ``amp`` autocast), NCHW, a plain AdamW step."""
-    model = theirs()
+def theirs_w16():
+    """diffusers' UNet2DModel matched to the narrower network tried for the fast decoder: widths (16, 64, 64)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=SIZE, in_channels=3, out_channels=6, block_out_channels=(16, 64, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=16, attention_head_dim=16,
+    )  # fmt: skip
+
+
+def diffusers_step(batch: int, amp=None, w16: bool = False):
+    """diffusers' UNet2DModel of matched size as it comes: fp32 (or ``amp`` autocast), NCHW, a plain AdamW step.
+    ``w16``: matched to the (16, 64, 64) lever (:func:`theirs_w16`) instead of the decoder's (32, 64, 64)."""
+    model = theirs_w16() if w16 else theirs()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, t = torch.randn(batch, 3, SIZE, SIZE), torch.randint(0, 1000, (batch,))
     target = torch.randn(batch, 6, SIZE, SIZE)
@@ -167,6 +199,10 @@ def step_variants(batches=STEP_BATCHES, compile_too=False) -> dict:
         out[f"ours fp32 b{b}"] = (b, decoder_trainer(b, "fp32")._train_step)
         out[f"diffusers fp32 b{b}"] = (b, diffusers_step(b))
     b = batches[0]
+    out[f"diffusers fp32 (16, 64, 64) b{b}"] = (b, diffusers_step(b, w16=True))
+    # the levers tried for the network itself (their grades: docs/benchmarks/decoder_trials.json)
+    for name, unet in lever_unets().items():
+        out[f"ours {name} auto b{b}"] = (b, decoder_trainer(b, unet=unet)._train_step)
     out[f"diffusers bf16 b{b}"] = (b, diffusers_step(b, torch.bfloat16))
     out[f"ours bf16 + channels_last b{b}"] = (b, decoder_trainer(b, "bf16", torch.channels_last)._train_step)
     out[f"ours bf16, attention in bf16 b{b}"] = (b, decoder_trainer(b, "bf16", sdpa_bf16=True)._train_step)
@@ -188,11 +224,11 @@ def time_steps(batch: int, step, steps: int = 4) -> float:
     return batch * steps / (time.perf_counter() - start)
 
 
-def decoder_flops_per_picture(batch: int = 32) -> float:
+def decoder_flops_per_picture(batch: int = 32, unet: dict | None = None) -> float:
     """FLOPs of the decoder's forward + backward per picture (the loss as the Trainer computes it)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    trainer = decoder_trainer(batch, "fp32")
+    trainer = decoder_trainer(batch, "fp32", unet=unet)
     with FlopCounterMode(display=False) as counter:
         loss = trainer.loss_fn(trainer.model, trainer._next_batch())
         (loss["loss"] if isinstance(loss, dict) else loss[0] if isinstance(loss, tuple) else loss).backward()
@@ -213,6 +249,8 @@ def train_step_table(rounds: int, batches=STEP_BATCHES, compile_too=False) -> di
     med = {n: round(statistics.median(v), 1) for n, v in rates.items()}
     peaks = matmul_peaks()
     flops = decoder_flops_per_picture()
+    lever_flops = {name: decoder_flops_per_picture(unet=unet) for name, unet in lever_unets().items()}
+    flops_of = lambda variant: next((f for name, f in lever_flops.items() if name in variant), flops)
     auto = resolve_precision("auto", torch.device("cpu"))
     out = {
         "what": "pictures per second of one training step (forward, backward, clipping, AdamW, EMA for ours), "
@@ -221,11 +259,17 @@ def train_step_table(rounds: int, batches=STEP_BATCHES, compile_too=False) -> di
         "auto_precision_here": str(auto).replace("torch.", "") if auto else "fp32",
         "images_per_s": med, "rounds": rounds, "matmul_peaks": peaks,
         "decoder_gflop_per_picture": round(flops / 1e9, 3),
+        "levers_gflop_per_picture": {name: round(f / 1e9, 3) for name, f in lever_flops.items()},
         "ratio_default_over_diffusers_fp32": {f"b{b}": round(med[f"ours default (auto) b{b}"]
                                                               / med[f"diffusers fp32 b{b}"], 3) for b in batches},
         "ratio_fp32_over_diffusers_fp32": {f"b{b}": round(med[f"ours fp32 b{b}"] / med[f"diffusers fp32 b{b}"], 3)
                                            for b in batches},
-        "gflops_achieved": {n: round(v * flops / 1e9, 1) for n, v in med.items() if n.startswith("ours")},
+        "ratio_w16_over_diffusers_w16_fp32": round(
+            med[f"ours (16, 64, 64) auto b{batches[0]}"] / med[f"diffusers fp32 (16, 64, 64) b{batches[0]}"], 3),
+        "ratio_over_diffusers_fp32_per_lever": {name: round(med[f"ours {name} auto b{batches[0]}"]
+                                                            / med[f"diffusers fp32 b{batches[0]}"], 3)
+                                                for name in lever_unets()},
+        "gflops_achieved": {n: round(v * flops_of(n) / 1e9, 1) for n, v in med.items() if n.startswith("ours")},
     }  # fmt: skip
     out["fraction_of_peak"] = {n: {k: round(g / peaks["gflops"][k], 3) for k in ("fp32", "bf16")}
                                for n, g in out["gflops_achieved"].items()}  # fmt: skip

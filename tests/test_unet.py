@@ -170,6 +170,11 @@ def test_attention_block_errors():
         ({"channel_mult": (1, 1, 2), "attention_resolutions": (8,), "image_size": 16, **FULL}, 16),
         ({"channel_mult": (1, 2, 2, 2), "attention_resolutions": (8,), "image_size": 32, "out_channels": 1}, 32),
         ({}, 16),  # a size other than image_size still runs
+        ({"patch_size": 2, "attention_resolutions": (2,), **FULL}, 8),  # levels at 4 and 2 positions
+        ({"patch_size": 2, "attention_resolutions": (2,), **FULL}, 16),
+        ({"patch_size": 4, "channel_mult": (1,), "attention_resolutions": (2,), **FULL}, 8),
+        ({"narrow_upsample": True, **FULL}, 8),
+        ({"narrow_upsample": True, "channel_mult": (1, 4, 2), "attention_resolutions": (2,), "num_res_blocks": 2}, 8),
     ],
 )
 def test_output_shapes(overrides, size):
@@ -177,6 +182,50 @@ def test_output_shapes(overrides, size):
     model = UNet.from_config(cfg)
     out = model(**make_inputs(cfg, size=size))
     assert out.shape == (2, cfg.out_channels * (2 if cfg.learned_sigma else 1), size, size)
+
+
+@pytest.mark.parametrize("learned_sigma", [False, True])
+def test_patch_size_is_a_plain_unet_on_folded_pixels(learned_sigma):
+    """patch_size = 2 must equal, weight for weight, an unpatched UNet of 4× the channels run on
+    pixel_unshuffle(x) (every 2×2 block as 4 channels) and unfolded by pixel_shuffle, low_res included."""
+    import torch.nn.functional as F
+
+    patched_cfg = UNetConfig.tiny(patch_size=2, attention_resolutions=(2,), **{**FULL, "learned_sigma": learned_sigma})
+    plain_cfg = UNetConfig.from_dict({**patched_cfg.to_dict(), "patch_size": 1, "image_size": 4, "in_channels": 12,
+                                      "out_channels": 12, "low_res_channels": 12})  # fmt: skip
+    patched = perturb(UNet.from_config(patched_cfg)).eval()
+    plain = UNet.from_config(plain_cfg).eval()
+    plain.load_state_dict(patched.state_dict())  # same shapes: the fold only moves pixels into channels
+    assert patched_cfg.feature_sizes == (4, 2) and patched_cfg.size_multiple == 4
+    kw = make_inputs(patched_cfg)
+    kw["low_res"] = torch.randn(2, 3, 8, 8)  # at full size, so neither network resizes it
+    with torch.no_grad():
+        out = patched(**kw)
+        ref = plain(**{**kw, "x": F.pixel_unshuffle(kw["x"], 2), "low_res": F.pixel_unshuffle(kw["low_res"], 2)})
+    torch.testing.assert_close(out, F.pixel_shuffle(ref, 2))
+    assert out.shape == (2, 6 if learned_sigma else 3, 8, 8) and out.abs().max() > 1e-3
+
+
+def test_narrow_upsample_changes_only_the_upsample_widths():
+    """narrow_upsample: each Upsample outputs the finer level's width. Between equally wide levels nothing changes
+    (same weights, same output); with a narrow top level the full-size layers shrink and gradients still reach all."""
+    same = UNetConfig.tiny(channel_mult=(1, 1), **FULL)
+    a = perturb(UNet.from_config(same)).eval()
+    b = UNet.from_config(UNetConfig.from_dict({**same.to_dict(), "narrow_upsample": True})).eval()
+    b.load_state_dict(a.state_dict())  # raises if any shape differed
+    kw = make_inputs(same)
+    with torch.no_grad():
+        torch.testing.assert_close(b(**kw), a(**kw))
+
+    wide, narrow = (UNetConfig.tiny(channel_mult=(1, 4), narrow_upsample=flag, **FULL) for flag in (False, True))
+    plain, thin = UNet.from_config(wide), perturb(UNet.from_config(narrow))
+    ups = [m for m in thin.modules() if isinstance(m, Upsample)]
+    assert [(u.conv.in_channels, u.conv.out_channels) for u in ups] == [(32, 8)]  # 4C -> C, not 4C -> 4C
+    assert thin.num_parameters() < plain.num_parameters()
+    out = thin(**make_inputs(narrow))
+    assert out.shape == (2, 6, 8, 8)
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for p in thin.parameters())
 
 
 def test_fresh_model_outputs_exact_zeros():
@@ -267,6 +316,10 @@ def test_default32_parameter_count():
         ({"channel_mult": ()}, "channel_mult must be a non-empty"),
         ({"dropout": 1.0}, "dropout must be in"),
         ({"cond_dim": 0}, "cond_dim must be None or >= 1"),
+        ({"patch_size": 0}, "patch_size must be >= 1"),
+        ({"patch_size": 3}, r"image_size=8 must be divisible by patch_size \* 2\*\*\(len\(channel_mult\)-1\) = 6"),
+        # sizes count positions of the folded grid, not pixels
+        ({"patch_size": 2, "attention_resolutions": (8,)}, r"\[8\] are not feature-map sizes.*they are \(4, 2\)"),
     ],
 )
 def test_bad_config_errors(overrides, match):
@@ -281,6 +334,7 @@ def test_bad_config_errors(overrides, match):
         ({"low_res_channels": 3}, {"x": torch.randn(2, 6, 8, 8)}, "pass the low-resolution image as low_res"),
         ({}, {"x": torch.randn(3, 8, 8)}, r"x must have shape \(B, 3, H, W\)"),
         ({}, {"x": torch.randn(2, 3, 9, 8)}, "spatial size 9x8 must be divisible by"),
+        ({"patch_size": 2, "attention_resolutions": (2,)}, {"x": torch.randn(2, 3, 6, 6)}, "6x6 must be divisible by"),
         ({}, {"t": torch.tensor([1, 2, 3])}, r"t must have shape \(B,\) = \(2,\)"),
         ({}, {"t": torch.zeros(2, 1)}, r"t must have shape \(B,\)"),
         ({}, {"cond": torch.randn(2, 5)}, "cond was given but this UNet was built without cond_dim"),

@@ -22,6 +22,12 @@ Conditioning enters in three ways, each optional and fixed when the model is bui
 - ``low_res`` (B, low_res_channels, h, w): for an upsampler, the small image is resized to (H, W) bilinearly and
   concatenated to the noisy image along channels.
 
+``patch_size=p`` > 1 folds every p x p block of pixels into channels first (``pixel_unshuffle``: (B, 3, 32, 32) ->
+(B, 12, 16, 16) for p = 2) and unfolds the output the same way (``pixel_shuffle``), so the levels run at H/p: the
+same layer costs p² times fewer operations. With p = 2 and two 64-wide levels at 16 and 8 positions, a decoder's
+training step ran 1.8x faster than the default's on a 2-core CPU, but learnt less per step: at equal training time
+it graded below the unfolded network (docs/BENCHMARKS.md §2.1), so no recipe uses it.
+
 All output layers of residual branches and the final conv start at zero: a freshly built UNet outputs exactly zeros.
 """
 
@@ -72,7 +78,14 @@ class UNetConfig:
     :param low_res_channels: channels of the low-resolution image an upsampler is conditioned on (0: not an upsampler).
         The input conv sees ``in_channels + low_res_channels`` channels.
     :param image_size: the training resolution; decides where ``attention_resolutions`` puts attention. Other sizes
-        divisible by ``2 ** (len(channel_mult) - 1)`` still run, with attention at the same depths.
+        divisible by ``size_multiple`` still run, with attention at the same depths.
+    :param narrow_upsample: each Upsample's conv outputs the finer level's width (``C * channel_mult[i - 1]``)
+        instead of keeping the coarser level's. It changes nothing when neighbouring levels are equally wide; with a
+        narrow top level, e.g. widths (16, 64, 64), the costliest conv of the network (64 -> 64 channels at full size)
+        becomes 64 -> 16 and the first full-size ResBlock reads 32 channels instead of 80.
+    :param patch_size: p: fold each p x p block of pixels into channels before the first conv and unfold the output
+        after the last (1: no folding). The levels then run at ``image_size / p``: ``feature_sizes`` and
+        ``attention_resolutions`` count positions of that grid, e.g. (16, 8) for a 32-px picture with p = 2.
     """
 
     in_channels: int = 3
@@ -89,11 +102,14 @@ class UNetConfig:
     low_res_channels: int = 0
     image_size: int = 32
     mid_attention: bool = True
+    patch_size: int = 1
+    narrow_upsample: bool = False
 
     def __post_init__(self):
         self.channel_mult = tuple(int(m) for m in self.channel_mult)  # lists from JSON become tuples
         self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
-        for name in ("in_channels", "model_channels", "out_channels", "num_res_blocks", "num_heads", "image_size"):
+        for name in ("in_channels", "model_channels", "out_channels", "num_res_blocks", "num_heads", "image_size",
+                     "patch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.channel_mult or min(self.channel_mult) < 1:
@@ -107,7 +123,8 @@ class UNetConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.image_size % self.size_multiple != 0:
             raise ValueError(
-                f"image_size={self.image_size} must be divisible by 2**(len(channel_mult)-1) = {self.size_multiple}"
+                f"image_size={self.image_size} must be divisible by patch_size * 2**(len(channel_mult)-1) = "
+                f"{self.size_multiple}"
             )
         sizes = self.feature_sizes
         unreachable = [r for r in self.attention_resolutions if r not in sizes]
@@ -126,13 +143,15 @@ class UNetConfig:
 
     @property
     def size_multiple(self) -> int:
-        """H and W must be multiples of this: the image is halved ``len(channel_mult) - 1`` times."""
-        return 2 ** (len(self.channel_mult) - 1)
+        """H and W must be multiples of this: the image is folded by ``patch_size``, then halved
+        ``len(channel_mult) - 1`` times."""
+        return self.patch_size * 2 ** (len(self.channel_mult) - 1)
 
     @property
     def feature_sizes(self) -> tuple[int, ...]:
-        """Feature-map size in pixels at each level for an ``image_size`` input, e.g. (32, 16, 8)."""
-        return tuple(self.image_size // 2**i for i in range(len(self.channel_mult)))
+        """Feature-map size at each level for an ``image_size`` input, e.g. (32, 16, 8); positions of the folded grid
+        when ``patch_size`` > 1, e.g. (16, 8) for 32 px with p = 2."""
+        return tuple(self.image_size // self.patch_size // 2**i for i in range(len(self.channel_mult)))
 
     def to_dict(self) -> dict:
         """Plain JSON-friendly dict (tuples become lists)."""
@@ -236,6 +255,8 @@ class UNet(nn.Module):
         image_size: int = 32,
         low_res_channels: int = 0,
         mid_attention: bool = True,
+        patch_size: int = 1,
+        narrow_upsample: bool = False,
     ):
         super().__init__()
         cfg = UNetConfig(
@@ -253,6 +274,8 @@ class UNet(nn.Module):
             low_res_channels=low_res_channels,
             image_size=image_size,
             mid_attention=mid_attention,
+            patch_size=patch_size,
+            narrow_upsample=narrow_upsample,
         )
         self.config = cfg
         C = cfg.model_channels
@@ -270,7 +293,8 @@ class UNet(nn.Module):
                 return None
             return AttentionBlock(ch, num_heads=cfg.num_heads, context_dim=cfg.context_dim)
 
-        self.input_conv = nn.Conv2d(cfg.in_channels + cfg.low_res_channels, C, kernel_size=3, padding=1)
+        folded = cfg.patch_size**2  # channels per input channel after pixel_unshuffle
+        self.input_conv = nn.Conv2d((cfg.in_channels + cfg.low_res_channels) * folded, C, kernel_size=3, padding=1)
 
         # down path: remember the width of every output, each becomes a skip connection for the up path
         self.down = nn.ModuleList()
@@ -298,12 +322,15 @@ class UNet(nn.Module):
             mult, size = cfg.channel_mult[level], cfg.feature_sizes[level]
             for i in range(cfg.num_res_blocks + 1):
                 block = res(ch + skip_widths.pop(), C * mult)
-                ch = C * mult
-                upsample = Upsample(ch) if level > 0 and i == cfg.num_res_blocks else None
-                self.up.append(UNetStage(block, attn(ch, size), upsample))
+                ch, upsample = C * mult, None
+                if level > 0 and i == cfg.num_res_blocks:
+                    width = C * cfg.channel_mult[level - 1] if cfg.narrow_upsample else ch
+                    upsample = Upsample(ch, width)
+                self.up.append(UNetStage(block, attn(C * mult, size), upsample))
+                ch = upsample.conv.out_channels if upsample is not None else ch
 
         out_ch = cfg.out_channels * (2 if cfg.learned_sigma else 1)
-        out_conv = zero_module(nn.Conv2d(ch, out_ch, kernel_size=3, padding=1))
+        out_conv = zero_module(nn.Conv2d(ch, out_ch * folded, kernel_size=3, padding=1))
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), out_conv)
 
     @classmethod
@@ -327,7 +354,8 @@ class UNet(nn.Module):
         m = cfg.size_multiple
         if H % m != 0 or W % m != 0:
             raise ValueError(
-                f"x spatial size {H}x{W} must be divisible by 2**(len(channel_mult)-1) = {m}; resize or pad the image"
+                f"x spatial size {H}x{W} must be divisible by {m} (patch_size * 2**(len(channel_mult)-1)); resize or "
+                "pad the image"
             )
 
         if not torch.is_tensor(t):
@@ -404,7 +432,9 @@ class UNet(nn.Module):
             low_res = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)  # (B, C_lr, H, W)
             x = torch.cat([x, low_res.to(x.dtype)], dim=1)  # (B, in_channels + C_lr, H, W)
 
-        h = self.input_conv(x)  # (B, C, H, W)
+        if cfg.patch_size > 1:
+            x = F.pixel_unshuffle(x, cfg.patch_size)  # (B, channels * p², H / p, W / p)
+        h = self.input_conv(x)  # (B, C, H / p, W / p)
         skips = [h]
         for block in self.down:
             h = block(h) if isinstance(block, Downsample) else block(h, emb, context, context_mask)
@@ -418,5 +448,8 @@ class UNet(nn.Module):
         for block in self.up:
             skip = skips.pop()
             h = block(torch.cat([h, skip.to(h.dtype)], dim=1), emb, context, context_mask)
-        # h: (B, C * channel_mult[0], H, W)
-        return self.out(h)  # (B, out_channels * (2 if learned_sigma else 1), H, W)
+        # h: (B, C * channel_mult[0], H / p, W / p)
+        h = self.out(h)
+        if cfg.patch_size > 1:
+            h = F.pixel_shuffle(h, cfg.patch_size)
+        return h  # (B, out_channels * (2 if learned_sigma else 1), H, W)
