@@ -49,24 +49,6 @@ def trial(source: Path, out: Path, seed: int = 0, **changes) -> dict:
             "date": time.strftime("%Y-%m-%d")}  # fmt: skip
 
 
-def fid_and_grain(folder: Path, n_real: int) -> dict:
-    """FID, its floor and the grain ratio of a finished run's 32-px pictures (the evaluation's sampler and steps,
-    seen prompts), against ``n_real`` real test pictures: what the attribute grades do not see."""
-    import torch
-
-    from dalle2_edu.evaluate import evaluate_pipeline
-    from dalle2_edu.pipeline import UnCLIP
-    from dalle2_edu.recipes.settings import EVALUATION, EVALUATION_SAMPLER
-
-    pipe = UnCLIP.from_pretrained(folder, upsampler=False)
-    settings = EVALUATION["fast"]
-    with torch.no_grad():
-        report = evaluate_pipeline(pipe, n=settings["n"], seed=0, upsample=False, steps=settings["steps"],
-                                   sampler=EVALUATION_SAMPLER, fid_real=n_real, progress=False)  # fmt: skip
-    return {k: report[k] for k in ("fid", "fid_floor_train_vs_test", "fid_n", "kid", "kid_std")} | {
-        "grain_ratio": round(report["grain"]["ratio"], 3)}
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--source", required=True, help="a finished fast-recipe run folder (its CLIP and prior)")
@@ -78,17 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", type=json.loads, default=None,
                         help="JSON merged into the recipe's decoder model, e.g. '{\"unet\": {\"patch_size\": 2}}'")
     parser.add_argument("--seed", type=int, default=0, help="the decoder's and the evaluation's seed")
-    parser.add_argument("--fid", type=int, default=0, metavar="N",
-                        help="also FID and grain against N real pictures, for the trial and for the source run")
     parser.add_argument("--out", default="out/decoder_trials")
     parser.add_argument("--report", default="docs/benchmarks/decoder_trials.json")
     args = parser.parse_args(argv)
     changes = {k: v for k, v in (("batch_size", args.batch), ("steps", args.steps), ("lr", args.lr),
                                  ("warmup_steps", args.warmup), ("model", args.model)) if v is not None}  # fmt: skip
     row = trial(Path(args.source), Path(args.out) / args.name, seed=args.seed, **changes)
-    if args.fid:
-        row["fid_and_grain"] = fid_and_grain(Path(args.out) / args.name, args.fid)
-        row["source_fid_and_grain"] = fid_and_grain(Path(args.source), args.fid)
     path = Path(args.report)
     result = json.loads(path.read_text()) if path.exists() else {"command": "python benchmarks/decoder_trial.py"}
     result.setdefault("trials", {})[args.name] = row

@@ -105,6 +105,8 @@ def time_ddim(model, fwd, fmt, amp):
 # ------------------------------------------------------------------------------------------------------------------
 # Issue 13, goal 1: the decoder's training step as `train decoder` runs it, against diffusers as it comes
 STEP_BATCHES = (32, 64, 128)
+
+
 # diffusers' matched model (theirs) is matched to the decoder's (32, 64, 64): the baseline of issue 13's goal 1. The
 # levers that change the network are measured against that same baseline ("at equal quality, not equal parameters"),
 # and the (16, 64, 64) one against a diffusers model of its own widths too.
@@ -119,7 +121,6 @@ def lever_unets() -> dict:
         "(16, 64, 64) + narrow_upsample": {**w16, "narrow_upsample": True},
         "patch 2, (64, 64)": {**default_unet(), "patch_size": 2, "model_channels": 64, "channel_mult": [1, 1]},
     }
-
 
 
 def decoder_trainer(batch: int, precision: str = "auto", memory_format=torch.contiguous_format, sdpa_bf16=False,
@@ -250,7 +251,8 @@ def train_step_table(rounds: int, batches=STEP_BATCHES, compile_too=False) -> di
     peaks = matmul_peaks()
     flops = decoder_flops_per_picture()
     lever_flops = {name: decoder_flops_per_picture(unet=unet) for name, unet in lever_unets().items()}
-    flops_of = lambda variant: next((f for name, f in lever_flops.items() if name in variant), flops)
+    by_variant = {f"ours {name} auto b{batches[0]}": f for name, f in lever_flops.items()}
+    flops_of = lambda variant: by_variant.get(variant, flops)
     auto = resolve_precision("auto", torch.device("cpu"))
     out = {
         "what": "pictures per second of one training step (forward, backward, clipping, AdamW, EMA for ours), "

@@ -82,7 +82,8 @@ class UNetConfig:
     :param narrow_upsample: each Upsample's conv outputs the finer level's width (``C * channel_mult[i - 1]``)
         instead of keeping the coarser level's. It changes nothing when neighbouring levels are equally wide; with a
         narrow top level, e.g. widths (16, 64, 64), the costliest conv of the network (64 -> 64 channels at full size)
-        becomes 64 -> 16 and the first full-size ResBlock reads 32 channels instead of 80.
+        becomes 64 -> 16 and the first full-size ResBlock reads 32 channels instead of 80. In the fast decoder that
+        made a step 1.13x faster and cost 10 points of category (docs/BENCHMARKS.md §2.1): no recipe uses it.
     :param patch_size: p: fold each p x p block of pixels into channels before the first conv and unfold the output
         after the last (1: no folding). The levels then run at ``image_size / p``: ``feature_sizes`` and
         ``attention_resolutions`` count positions of that grid, e.g. (16, 8) for a 32-px picture with p = 2.
