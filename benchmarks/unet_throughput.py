@@ -32,12 +32,13 @@ def ours(channels_last=False):
     return UNet.from_config(UNetConfig.from_dict({**default_unet(), "learned_sigma": True}))
 
 
-def theirs():
+def theirs(widths=(32, 64, 64)):
+    """diffusers' UNet2DModel matched to ours: the same widths (the decoder's (32, 64, 64) unless told), one ResBlock
+    per level down, attention at 8×8 only: parameter counts within 7%."""
     from diffusers import UNet2DModel
 
-    # the same widths (32, 64, 64), one ResBlock per level down, attention at 8×8 only: parameter counts within 7%
     return UNet2DModel(
-        sample_size=SIZE, in_channels=3, out_channels=6, block_out_channels=(32, 64, 64), layers_per_block=1,
+        sample_size=SIZE, in_channels=3, out_channels=6, block_out_channels=widths, layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=16, attention_head_dim=16,
     )  # fmt: skip
@@ -163,21 +164,10 @@ def decoder_trainer(batch: int, precision: str = "auto", memory_format=torch.con
     return trainer
 
 
-def theirs_w16():
-    """diffusers' UNet2DModel matched to the narrower network tried for the fast decoder: widths (16, 64, 64)."""
-    from diffusers import UNet2DModel
-
-    return UNet2DModel(
-        sample_size=SIZE, in_channels=3, out_channels=6, block_out_channels=(16, 64, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=16, attention_head_dim=16,
-    )  # fmt: skip
-
-
 def diffusers_step(batch: int, amp=None, w16: bool = False):
     """diffusers' UNet2DModel of matched size as it comes: fp32 (or ``amp`` autocast), NCHW, a plain AdamW step.
-    ``w16``: matched to the (16, 64, 64) lever (:func:`theirs_w16`) instead of the decoder's (32, 64, 64)."""
-    model = theirs_w16() if w16 else theirs()
+    ``w16``: matched to the (16, 64, 64) lever instead of the decoder's (32, 64, 64)."""
+    model = theirs((16, 64, 64)) if w16 else theirs()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, t = torch.randn(batch, 3, SIZE, SIZE), torch.randint(0, 1000, (batch,))
     target = torch.randn(batch, 6, SIZE, SIZE)
