@@ -325,10 +325,11 @@ class UNet(nn.Module):
                 block = res(ch + skip_widths.pop(), C * mult)
                 ch, upsample = C * mult, None
                 if level > 0 and i == cfg.num_res_blocks:
-                    width = C * cfg.channel_mult[level - 1] if cfg.narrow_upsample else ch
-                    upsample = Upsample(ch, width)
-                self.up.append(UNetStage(block, attn(C * mult, size), upsample))
-                ch = upsample.conv.out_channels if upsample is not None else ch
+                    finer = C * cfg.channel_mult[level - 1] if cfg.narrow_upsample else ch
+                    upsample = Upsample(ch, finer)
+                self.up.append(UNetStage(block, attn(ch, size), upsample))
+                if upsample is not None:
+                    ch = finer
 
         out_ch = cfg.out_channels * (2 if cfg.learned_sigma else 1)
         out_conv = zero_module(nn.Conv2d(ch, out_ch * folded, kernel_size=3, padding=1))
