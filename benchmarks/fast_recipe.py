@@ -82,11 +82,11 @@ def machine() -> dict:
 
     from dalle2_edu.utils import cpu_has_native_bf16
 
-    native = cpu_has_native_bf16()
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         info = ""
+    native = cpu_has_native_bf16(info)
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), None)
     return {"cpu": platform.processor() or platform.machine(), "cpu_model": model, "amx": "amx_bf16" in info,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native,
