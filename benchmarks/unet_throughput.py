@@ -215,15 +215,20 @@ def time_steps(batch: int, step, steps: int = 4) -> float:
     return batch * steps / (time.perf_counter() - start)
 
 
-def decoder_flops_per_picture(batch: int = 32, unet: dict | None = None) -> float:
-    """FLOPs of the decoder's forward + backward per picture (the loss as the Trainer computes it)."""
+def decoder_flops_by_op(batch: int = 32, unet: dict | None = None) -> dict:
+    """FLOPs of the decoder's forward + backward for one batch (the loss as the Trainer computes it), by aten op."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    trainer = decoder_trainer(batch, "fp32", unet=unet)
+    trainer = decoder_trainer(batch, "fp32", unet=unet)  # the arithmetic is the same in bf16; count it in fp32
     with FlopCounterMode(display=False) as counter:
         loss = trainer.loss_fn(trainer.model, trainer._next_batch())
         (loss["loss"] if isinstance(loss, dict) else loss[0] if isinstance(loss, tuple) else loss).backward()
-    return counter.get_total_flops() / batch
+    return {str(op): f for op, f in counter.get_flop_counts()["Global"].items()}
+
+
+def decoder_flops_per_picture(batch: int = 32, unet: dict | None = None) -> float:
+    """FLOPs of the decoder's forward + backward per picture."""
+    return sum(decoder_flops_by_op(batch, unet).values()) / batch
 
 
 def train_step_table(rounds: int, batches=STEP_BATCHES, compile_too=False) -> dict:
@@ -265,6 +270,10 @@ def train_step_table(rounds: int, batches=STEP_BATCHES, compile_too=False) -> di
     }  # fmt: skip
     out["fraction_of_peak"] = {n: {k: round(g / peaks["gflops"][k], 3) for k in ("fp32", "bf16")}
                                for n, g in out["gflops_achieved"].items()}  # fmt: skip
+    out["convolution_bound"] = bound = convolution_bound(
+        batches[0], med[f"ours default (auto) b{batches[0]}"], med[f"diffusers fp32 b{batches[0]}"])
+    bound["convolutions_fraction_of_peak"] = {k: round(bound["convolutions_gflops"] / peaks["gflops"][k], 3)
+                                              for k in ("fp32", "bf16")}  # fmt: skip
     if compile_s is not None:
         out["compile_seconds"] = round(compile_s, 1)
         cold = "inductor_cold_" in os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")
@@ -278,6 +287,45 @@ def train_step_table(rounds: int, batches=STEP_BATCHES, compile_too=False) -> di
     out["batch_preparation_ms"] = round(batch_ms, 3)
     out["batch_preparation_share_of_default_step"] = round(batch_ms / (1e3 * b / med[f"ours default (auto) b{b}"]), 4)
     return out
+
+
+# the ops torch.profiler lists for a 2-D convolution's own work on the CPU (oneDNN or torch's fallback), forward and
+# backward; self times, so that a backend op nested in another is not counted twice
+CONV_OPS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::mkldnn_convolution_backward",
+            "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward", "aten::_nnpack_spatial_convolution"}
+
+
+def convolution_bound(batch: int, step_rate: float, diffusers_rate: float, steps: int = 5) -> dict:
+    """How far any saving outside the convolutions (fusing GroupNorm and SiLU, fewer casts, a cheaper optimizer)
+    could take the default step: torch.profiler's time in the convolutions per step, the rate they run at, and the
+    pictures/s the step would reach if everything else took no time at all, against diffusers' fp32 rate.
+
+    ``step_rate``: the default step's pictures/s measured without the profiler (the table's median)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer = decoder_trainer(batch)
+    for _ in range(2):
+        trainer._train_step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            trainer._train_step()
+    events = prof.key_averages()
+    conv_s = sum(e.self_cpu_time_total for e in events if e.key in CONV_OPS) / 1e6 / steps
+    profiled_s = sum(e.self_cpu_time_total for e in events) / 1e6 / steps
+    conv_flop = sum(f for op, f in decoder_flops_by_op(batch).items() if "convolution" in op)
+    step_s = batch / step_rate
+    return {
+        "batch": batch,
+        "step_ms": round(step_s * 1e3, 1),
+        "convolutions_ms_per_step": round(conv_s * 1e3, 1),
+        "convolutions_share_under_profiler": round(conv_s / profiled_s, 3),
+        "everything_else_ms_per_step": round((step_s - conv_s) * 1e3, 1),
+        "convolutions_gflop_per_step": round(conv_flop / 1e9, 2),
+        "convolutions_gflops": round(conv_flop / conv_s / 1e9, 1),
+        "images_per_s_if_only_convolutions": round(batch / conv_s, 1),
+        "ratio_over_diffusers_fp32_if_only_convolutions": round(batch / conv_s / diffusers_rate, 3),
+        "everything_else_ms_allowed_for_2x": round((batch / (2 * diffusers_rate) - conv_s) * 1e3, 1),
+    }
 
 
 def matmul_peaks(n: int = 2048, repeats: int = 5) -> dict:

@@ -25,7 +25,7 @@ Conditioning enters in three ways, each optional and fixed when the model is bui
 ``patch_size=p`` > 1 folds every p x p block of pixels into channels first (``pixel_unshuffle``: (B, 3, 32, 32) ->
 (B, 12, 16, 16) for p = 2) and unfolds the output the same way (``pixel_shuffle``), so the levels run at H/p: the
 same layer costs p² times fewer operations. With p = 2 and two 64-wide levels at 16 and 8 positions, a decoder's
-training step ran 1.6x faster than the default's on a 2-core CPU, but learnt less per step: at equal training time
+training step ran 1.6-1.7x faster than the default's on a 2-core CPU, but learnt less per step: at equal training time
 it graded below the unfolded network (docs/BENCHMARKS.md §2.1), so no recipe uses it.
 
 All output layers of residual branches and the final conv start at zero: a freshly built UNet outputs exactly zeros.

@@ -118,7 +118,7 @@ def _recipes() -> dict[str, dict[str, StageSettings]]:
     # sooner (docs/BENCHMARKS.md §3.4), which pays for fewer steps everywhere else. 1 300 steps since bf16 became the
     # CPU default where the CPU has AMX (2026-12-04): the time bf16 saved went to the decoder, which took category from
     # 81% to 90% of seen prompts in a trial from the same CLIP and prior.
-    # Its UNet stays the decoder's default (widths 32, 64, 64). Narrower or folded networks ran a step 1.2-1.6x faster
+    # Its UNet stays the decoder's default (widths 32, 64, 64). Narrower or folded networks ran a step 1.2-1.7x faster
     # but learnt less per step; the fastest that graded as well needed as many more steps as it saved time
     # (2026-12-05, docs/BENCHMARKS.md §2.1, docs/benchmarks/decoder_trials.json).
     fast = dict(
