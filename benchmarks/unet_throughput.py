@@ -295,8 +295,9 @@ CONV_OPS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::mkl
             "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward", "aten::_nnpack_spatial_convolution"}
 
 
-def _profiled_ms(trainer, ops: set[str], steps: int) -> tuple[float, float]:
-    """(ms per step in ``ops``, ms per step in all ops) of the trainer's step, from torch.profiler's self times."""
+def _profiled_ms(trainer, op_sets: dict[str, set[str]], steps: int) -> dict[str, float]:
+    """ms per step of the trainer's step in each named set of ops, and in all ops ("total"), from one
+    torch.profiler run's self times."""
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(2):
@@ -305,8 +306,9 @@ def _profiled_ms(trainer, ops: set[str], steps: int) -> tuple[float, float]:
         for _ in range(steps):
             trainer._train_step()
     events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    return sum(e.self_cpu_time_total for e in events if e.key in ops) / 1e3 / steps, total / 1e3 / steps
+    ms = {name: sum(e.self_cpu_time_total for e in events if e.key in ops) / 1e3 / steps
+          for name, ops in op_sets.items()}  # fmt: skip
+    return {**ms, "total": sum(e.self_cpu_time_total for e in events) / 1e3 / steps}
 
 
 GROUP_NORM_OPS = {"aten::native_group_norm", "aten::native_group_norm_backward"}
@@ -320,11 +322,11 @@ def convolution_bound(batch: int, step_rate: float, diffusers_rate: float, steps
 
     ``step_rate``: the default step's pictures/s measured without the profiler (the table's median). The times in
     and outside the convolutions both come from the profiled steps, so that they add up to one step."""
-    conv_ms, profiled_ms = _profiled_ms(decoder_trainer(batch), CONV_OPS, steps)
-    gn_ms, _ = _profiled_ms(decoder_trainer(batch), GROUP_NORM_OPS, steps)
-    last = decoder_trainer(batch, "auto", torch.channels_last)
-    conv_last_ms, profiled_last_ms = _profiled_ms(last, CONV_OPS, steps)
-    gn_last_ms, _ = _profiled_ms(last, GROUP_NORM_OPS, steps)
+    op_sets = {"conv": CONV_OPS, "group_norm": GROUP_NORM_OPS}
+    default = _profiled_ms(decoder_trainer(batch), op_sets, steps)
+    last = _profiled_ms(decoder_trainer(batch, "auto", torch.channels_last), op_sets, steps)
+    conv_ms, profiled_ms, gn_ms = default["conv"], default["total"], default["group_norm"]
+    conv_last_ms, profiled_last_ms, gn_last_ms = last["conv"], last["total"], last["group_norm"]
     conv_flop = sum(f for op, f in decoder_flops_by_op(batch).items() if "convolution" in op)
     step_ms = batch / step_rate * 1e3
     return {
